@@ -1,0 +1,163 @@
+"""Command-line plumbing shared by the lessons. Nothing about diffusion lives here: read the lessons instead.
+
+Each top-level line of a lesson of the form `name = value  # help` is a hyperparameter. `parse_config` turns
+every one into a flag `--name` (with `help` as its help text), adds `--seed`, `--device` and `--out`, checks
+the values, seeds the random generators, picks the device and creates the output folder. Bad input ends the
+run with one line on stderr and a non-zero exit code, never a traceback.
+"""
+import argparse
+import ast
+import math
+import re
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import matplotlib
+import numpy as np
+import torch
+
+CONSTANT = re.compile(r"^([a-z_]\w*)\s*=\s*(.+?)\s+#\s*(.+)$")  # `name = value  # help`, at top level only
+CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text starting with `a|b:` lists the allowed values
+
+
+def fail(message):
+    """Stop the run with a one-line error (exit code 1)."""
+    sys.exit(f"error: {message}")
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def hyperparameters(path):
+    """{name: (default, help)} for every `name = literal  # help` line of the file at `path`."""
+    found = {}
+    for line in Path(path).read_text().splitlines():
+        match = CONSTANT.match(line)
+        if match:
+            try:
+                value = ast.literal_eval(match.group(2))
+            except (ValueError, SyntaxError):
+                continue  # not a literal: an ordinary line of code with a comment
+            found[match.group(1)] = (value, match.group(3))
+    return found
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+def finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError
+    return value
+
+
+positive_int.__name__, finite_float.__name__ = "positive integer", "finite number"  # argparse's error text
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + error; we keep to one line
+        fail(f"{message} (see -h)")
+
+
+def pick_device(name):
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        name = next(d for d in ("cuda", "mps", "cpu") if available[d])
+    check(available[name], f"--device {name} is not available on this machine (try --device auto)")
+    return torch.device(name)
+
+
+def parse_config(doc, *files, argv=None):
+    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier one)."""
+    parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    constants = {}
+    for path in files:
+        constants.update(hyperparameters(path))
+    for name, (default, help_text) in constants.items():
+        if isinstance(default, int):
+            kind, nargs, choices = positive_int, None, None
+        elif isinstance(default, float):
+            kind, nargs, choices = finite_float, None, None
+        elif isinstance(default, tuple):
+            kind, nargs, choices = finite_float, len(default), None
+        else:
+            listed = CHOICES.match(help_text)
+            kind, nargs, choices = str, None, listed.group(1).split("|") if listed else None
+        parser.add_argument(f"--{name}", type=kind, nargs=nargs, default=default, choices=choices,
+                            help=f"{help_text} (default: {default})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="auto picks cuda, then mps, then cpu (default: auto)")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / Path(files[-1]).stem,
+                        help="folder for figures and .npy results (default: outputs/<script name>)")
+    args = parser.parse_args(argv)
+    for name in vars(args):
+        value = getattr(args, name)
+        if name == "lr" or name.startswith("sigma_"):
+            check(value > 0, f"--{name} must be positive, got {value}")
+    if isinstance(getattr(args, "mu_data", None), list):
+        args.mu_data = tuple(args.mu_data)
+    args.device = pick_device(args.device)
+    args.out = writable_folder(args.out, "--out")
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    return args
+
+
+def writable_folder(folder, flag):
+    """Create `folder` and prove it can be written to, or fail with a clear message."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        fail(f"cannot write to {flag} {folder}: {error.strerror or error}")
+    return folder
+
+
+def check_finite(loss, step):
+    """A NaN or infinite loss ruins every later step: stop at once and say what to try."""
+    if not math.isfinite(loss):
+        fail(f"the training loss became {loss} at step {step}; try a smaller --lr")
+
+
+def save_figure(fig, path):
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+def save_results(out, samples, data):
+    """samples.npy: the generated samples, one per row; data.npy: a fresh draw of the same size."""
+    for name, array in (("samples", samples), ("data", data)):
+        np.save(out / f"{name}.npy", array.detach().cpu().numpy() if torch.is_tensor(array) else array)
+    print(f"wrote {out / 'samples.npy'} and {out / 'data.npy'}")
+
+
+def show_figures():
+    """Open the figures in a window only where there is a display; saved files are the real output."""
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
+        import matplotlib.pyplot as plt
+        plt.show()
+
+
+def figure_to_frame(fig):
+    """The figure as an (H, W, 3) uint8 image, for a GIF frame."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_gif(path, frames, frame_ms=100, hold_ms=2000):
+    """A looping GIF that holds its last frame, written with imageio (Pillow) alone."""
+    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
+    iio.imwrite(path, np.stack(frames), duration=durations, loop=0)
+    print(f"wrote {path} ({len(frames)} frames, {Path(path).stat().st_size / 1e6:.2f} MB)")

@@ -1,0 +1,31 @@
+"""Closed forms for Gaussian-mixture data, used as ground truth by the tests.
+
+For x = x0 + sigma * n with x0 ~ sum_k w_k N(mu_k, s^2 I), the optimal denoiser E[x0 | x] is the posterior
+weight of each component times that component's posterior mean mu_k + s^2 / (s^2 + sigma^2) (x - mu_k).
+"""
+import torch
+
+
+def mixture_denoiser(means, std, weights=None):
+    """The exact D(x, sigma) = E[x0 | x] for the mixture; sigma may be a scalar or shaped (n, 1)."""
+    means = torch.as_tensor(means, dtype=torch.float32).reshape(len(means), -1)  # (K, d)
+    weights = torch.full((len(means),), 1 / len(means)) if weights is None else torch.as_tensor(weights)
+
+    def denoiser(x, sigma):  # x: (n, d)
+        var = (std ** 2 + torch.as_tensor(sigma, dtype=x.dtype) ** 2).reshape(-1, 1)  # (n or 1, 1)
+        offsets = x[:, None, :] - means.to(x)  # (n, K, d)
+        logits = weights.log().to(x) - (offsets ** 2).sum(-1) / (2 * var)  # (n, K); equal stds: same constants
+        component_means = means.to(x) + (std ** 2 / var)[:, :, None] * offsets  # (n, K, d)
+        return (logits.softmax(-1)[..., None] * component_means).sum(1)  # (n, d)
+
+    return denoiser
+
+
+def mode_statistics(x, means, std):
+    """Shares of samples nearest each mean, share farther than 5 std from all, and the RMS std of each mode."""
+    x, means = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(means, dtype=torch.float32)
+    distance = torch.cdist(x, means)
+    nearest, near = distance.argmin(1), distance.min(1).values <= 5 * std
+    shares = torch.stack([(nearest == k).float().mean() for k in range(len(means))])
+    stds = torch.stack([x[(nearest == k) & near].var(0).mean().sqrt() for k in range(len(means))])
+    return shares, 1 - near.float().mean().item(), stds

@@ -1,0 +1,26 @@
+"""Default-settings runs meet the issue's targets for a fixed seed. The numbers are recomputed here from the
+saved samples.npy, independently of what the lesson prints. Each run takes seconds on a CPU."""
+import numpy as np
+import pytest
+
+import simple_multimodal
+from ground_truth import mode_statistics
+
+
+@pytest.mark.parametrize("script, mu", [("simple_1Diffusion.py", [1.0]), ("simple_2Diffusion.py", [-1.0, 1.0])])
+def test_gaussian_lessons_hit_mean_and_std(run, tmp_path, script, mu):
+    result = run(script, "--seed", "0", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    samples = np.load(tmp_path / "samples.npy")
+    assert samples.shape == (10000, len(mu))
+    assert (np.abs(samples.mean(0) - mu) <= 0.3 * 0.01).all(), samples.mean(0)
+    assert (np.abs(samples.std(0) / 0.01 - 1) <= 0.10).all(), samples.std(0)
+
+
+def test_four_gaussians_hit_weights_offmode_and_stds(run, tmp_path):
+    result = run("simple_multimodal.py", "--seed", "0", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    shares, off_mode, stds = mode_statistics(np.load(tmp_path / "samples.npy"), simple_multimodal.MODES, 0.01)
+    assert ((shares - 0.25).abs() <= 0.03).all(), shares
+    assert off_mode < 0.01
+    assert ((stds / 0.01 - 1).abs() <= 0.20).all(), stds

@@ -1,0 +1,44 @@
+"""Every script in codes/ runs end to end as a real subprocess with tiny settings and writes its outputs."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CODES
+
+TINY_TOY = ["--nb_epochs", "5", "--n_samples", "64", "--nb_steps", "6"]
+# script: (extra arguments, files expected in --out, files expected in --assets)
+SCRIPTS = {
+    "simple_1Diffusion.py": (TINY_TOY, ["training_and_sampling.png"], []),
+    "simple_1Diffusion_video.py": (TINY_TOY, [], ["pdf_diffusion_gif.gif", "noise_scales.png"]),
+    "simple_2Diffusion.py": (TINY_TOY, ["training_and_sampling.png"], []),
+    "simple_multimodal.py": (TINY_TOY, ["training_and_sampling.png"], []),
+    "simple_multimodal_video.py": (TINY_TOY + ["--n_shown", "50"], [], ["denoising_4.gif"]),
+}
+NOT_LESSONS = {"common.py"}
+
+
+def test_every_script_has_a_smoke_run():
+    assert {p.name for p in CODES.glob("*.py")} - NOT_LESSONS == set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_smoke(run, tmp_path, script):
+    args, out_files, asset_files = SCRIPTS[script]
+    out, assets = tmp_path / "out", tmp_path / "assets"
+    extra = ["--assets", assets] if asset_files else []
+    result = run(script, *args, *extra, "--out", out)
+    assert result.returncode == 0, result.stderr
+    for name in out_files:
+        assert (out / name).stat().st_size > 0, name
+    for name in asset_files:
+        assert (assets / name).stat().st_size > 0, name
+    samples, data = np.load(out / "samples.npy"), np.load(out / "data.npy")
+    assert samples.shape == data.shape and np.isfinite(samples).all()
+    assert f"wrote {Path(out) / 'samples.npy'}" in result.stdout
+
+
+def test_same_seed_same_numbers(run, tmp_path):
+    for name in ("a", "b"):
+        assert run("simple_1Diffusion.py", *TINY_TOY, "--seed", "3", "--out", tmp_path / name).returncode == 0
+    assert np.array_equal(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
