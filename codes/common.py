@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 import torch
 
-CONSTANT = re.compile(r"^([a-z_]\w*)\s*=\s*(.+?)\s+#\s*(.+)$")  # `name = value  # help`, at top level only
+CONSTANT = re.compile(r"^([A-Za-z_]\w*)\s*=\s*(.+?)\s+#\s*(.+)$")  # `name = value  # help`, at top level only
 CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text starting with `a|b:` lists the allowed values
 
 

@@ -7,7 +7,7 @@ probability-flow ODE (Karras et al. 2022, eq. 4 and Algorithm 1):
 The original tutorial instead subtracted the predicted noise at each step; that collapses the variance (see the
 README). Here the generated std matches sigma_data, and the script ends by printing both.
 
-    python codes/simple_1Diffusion.py          # about 10 s on a laptop CPU; -h lists every flag
+    python codes/simple_1Diffusion.py          # about 11 s on a 2-core CPU; -h lists every flag
 """
 import math
 

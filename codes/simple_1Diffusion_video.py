@@ -5,7 +5,7 @@ renders assets/pdf_diffusion_gif.gif. It also draws assets/noise_scales.png, the
 The GIF shows x / sqrt(1 + sigma^2): the same samples in the variance-preserving scale of DDPM, so the first
 frame is N(0, 1) whatever sigma_max is, and the axes can stay fixed. The bottom panel zooms on the target.
 
-    python codes/simple_1Diffusion_video.py    # about 20 s on a laptop CPU
+    python codes/simple_1Diffusion_video.py    # about 30 s on a 2-core CPU
 """
 import matplotlib.pyplot as plt
 import numpy as np

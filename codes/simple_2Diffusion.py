@@ -8,7 +8,7 @@ The original tutorial instead subtracted the predicted noise at each step; that 
 README). Only the dimension changes from the 1D lesson: the data, the network's input/output width, and the
 metrics, now per coordinate.
 
-    python codes/simple_2Diffusion.py          # about 15 s on a laptop CPU; -h lists every flag
+    python codes/simple_2Diffusion.py          # about 17 s on a 2-core CPU; -h lists every flag
 """
 import math
 

@@ -7,7 +7,7 @@ several modes call for: a little noise is added back before each step (Karras et
 there when the network is slightly off; the fresh noise lets it fall into one mode. `--gamma 0` shows this.
 The script prints the share of samples at each mode, the share far from every mode, and each mode's std.
 
-    python codes/simple_multimodal.py          # about 20 s on a laptop CPU; -h lists every flag
+    python codes/simple_multimodal.py          # about 21 s on a 2-core CPU; -h lists every flag
 """
 import math
 

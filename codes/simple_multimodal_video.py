@@ -5,7 +5,7 @@ renders assets/denoising_4.gif. The forward half noises fresh data along the sam
 is the sampler's trajectory. Points are drawn as x / sqrt(1 + sigma^2), the variance-preserving scale of DDPM,
 so the noise is N(0, I) and the axes stay fixed.
 
-    python codes/simple_multimodal_video.py    # about 30 s on a laptop CPU
+    python codes/simple_multimodal_video.py    # about 42 s on a 2-core CPU
 """
 import matplotlib.pyplot as plt
 import torch

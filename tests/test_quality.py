@@ -7,12 +7,13 @@ import simple_multimodal
 from ground_truth import mode_statistics
 
 
-@pytest.mark.parametrize("script, mu", [("simple_1Diffusion.py", [1.0]), ("simple_2Diffusion.py", [-1.0, 1.0])])
+@pytest.mark.parametrize("script, mu", [("simple_1Diffusion.py", [1.0]), ("simple_2Diffusion.py", [-1.0, 1.0]),
+                                        ("single_DDPM.py", [1.0])])
 def test_gaussian_lessons_hit_mean_and_std(run, tmp_path, script, mu):
     result = run(script, "--seed", "0", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     samples = np.load(tmp_path / "samples.npy")
-    assert samples.shape == (10000, len(mu))
+    assert samples.shape[1] == len(mu) and len(samples) >= 5000
     assert (np.abs(samples.mean(0) - mu) <= 0.3 * 0.01).all(), samples.mean(0)
     assert (np.abs(samples.std(0) / 0.01 - 1) <= 0.10).all(), samples.std(0)
 

@@ -1,0 +1,106 @@
+"""The DDPM lessons against closed forms (Ho et al. 2020): the forward marginal, the posterior, the schedule's end,
+and both samplers driven by the exact noise predictor eps* of the Gaussian mixture, with no training involved."""
+import math
+
+import pytest
+import torch
+
+import multimodal_DDPM
+import simple_DDPM
+import single_DDPM
+from ground_truth import mixture_denoiser, mode_statistics
+
+
+def exact_eps(means, std, alpha_bar):
+    """eps*(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t). With y = x_t / sqrt(abar_t) = x0 + sigma_t eps and
+    sigma_t^2 = (1 - abar_t) / abar_t, this equals (y - E[x0 | y]) / sigma_t: the mixture denoiser gives it."""
+    denoiser = mixture_denoiser(means, std)
+
+    def eps_model(x, t):
+        a = alpha_bar[t].reshape(-1, 1)
+        sigma = ((1 - a) / a).sqrt()
+        y = x / a.sqrt()
+        return (y - denoiser(y, sigma)) / sigma
+
+    return eps_model
+
+
+def test_closed_form_marginal_matches_iterating_one_step_at_a_time():
+    torch.manual_seed(0)
+    betas, alphas, alpha_bar = single_DDPM.noise_schedule(200, 0.01, 30.0)
+    x0 = 1.0 + 0.3 * torch.randn(200000)
+    x = x0.clone()
+    for t in range(200):  # q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t)
+        x = (1 - betas[t]).sqrt() * x + betas[t].sqrt() * torch.randn_like(x)
+        if t in (0, 50, 120, 199):  # eq. 4: N(sqrt(abar_t) mu, abar_t 0.3^2 + 1 - abar_t)
+            a = alpha_bar[t].item()
+            assert x.mean().item() == pytest.approx(math.sqrt(a), abs=0.01)
+            assert x.std().item() == pytest.approx(math.sqrt(a * 0.09 + 1 - a), rel=0.01)
+    assert torch.allclose(alpha_bar, torch.cumprod(alphas, 0), rtol=1e-4)
+
+
+def test_schedule_ends_at_pure_noise():
+    for lesson in (single_DDPM, simple_DDPM):
+        _, _, alpha_bar = lesson.noise_schedule(1000, 0.001, 100.0)
+        assert alpha_bar[-1].item() < 2e-4  # x_T ~ N(sqrt(abar_T) x0, 1 - abar_T) is N(0, 1) to 1%
+        assert alpha_bar[0].item() > 1 - 2e-6  # the first step adds noise of std 0.001, far below sigma_data
+    assert torch.allclose(multimodal_DDPM.noise_schedule(1000, 0.001, 100.0), alpha_bar)
+
+
+def test_posterior_coefficients_match_bayes_rule():
+    """q(x_{t-1} | x_t, x0) from Bayes for Gaussians: precision 1/abar-variance + alpha_t / beta_t, and the
+    sampler's mean (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t), with eps from x0, equals its mean."""
+    betas, alphas, alpha_bar = (v.double() for v in single_DDPM.noise_schedule(100, 0.01, 30.0))
+    x0, x_t = torch.tensor(0.7, dtype=torch.float64), torch.tensor(-0.4, dtype=torch.float64)
+    for t in (1, 10, 60, 99):
+        prior_var = 1 - alpha_bar[t - 1]  # x_{t-1} | x0 ~ N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1})
+        var = 1 / (1 / prior_var + alphas[t] / betas[t])  # x_t | x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t)
+        mean = var * (alpha_bar[t - 1].sqrt() * x0 / prior_var + alphas[t].sqrt() * x_t / betas[t])
+        eps = (x_t - alpha_bar[t].sqrt() * x0) / (1 - alpha_bar[t]).sqrt()
+        sampler_mean = (x_t - betas[t] / (1 - alpha_bar[t]).sqrt() * eps) / alphas[t].sqrt()  # eq. 11
+        assert sampler_mean.item() == pytest.approx(mean.item(), rel=1e-3)  # float32 schedule
+        assert ((1 - alpha_bar[t - 1]) / (1 - alpha_bar[t]) * betas[t]).item() == pytest.approx(var.item(), rel=1e-3)
+
+
+def test_noise_is_scaled_by_sqrt_of_the_posterior_variance_and_absent_at_the_last_step():
+    """A zero eps-model makes each step x <- x / sqrt(alpha_t) + sqrt(beta~_t) z: the spread added is measurable."""
+    torch.manual_seed(0)
+    betas, alphas, alpha_bar = single_DDPM.noise_schedule(3, 0.5, 2.0)
+    zero = lambda x, t: torch.zeros_like(x)
+    trajectory = single_DDPM.sample(zero, betas, alphas, alpha_bar, torch.zeros(200000, 1))
+    posterior_var = (1 - alpha_bar[1]) / (1 - alpha_bar[2]) * betas[2]
+    assert trajectory[1].std().item() == pytest.approx(posterior_var.sqrt().item(), rel=0.01)  # not beta~_t itself
+    last_in = trajectory[-2]
+    assert torch.allclose(trajectory[-1], last_in / alphas[0].sqrt())  # t = 1: mean only, no noise
+
+
+@pytest.mark.parametrize("lesson, T, tolerance", [(single_DDPM, 1000, 0.03), (simple_DDPM, 100, 0.06)])
+def test_ancestral_sampler_with_exact_eps_reproduces_the_gaussian(lesson, T, tolerance):
+    torch.manual_seed(0)
+    betas, alphas, alpha_bar = lesson.noise_schedule(T, 0.001, 100.0)
+    eps = exact_eps([[1.0]], 0.01, alpha_bar)
+    if lesson is simple_DDPM:  # its networks take one shared integer t
+        shared = eps
+        eps = lambda x, t: shared(x, torch.full((len(x),), t))
+    x = lesson.sample(eps, betas, alphas, alpha_bar, torch.randn(20000, 1))[-1]
+    assert abs(x.mean().item() - 1.0) < 0.1 * 0.01
+    assert x.std().item() / 0.01 == pytest.approx(1.0, abs=tolerance)  # coarse steps lose some variance
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("ddim", 1000)])
+def test_both_samplers_with_exact_eps_reproduce_the_four_modes(sampler, steps):
+    torch.manual_seed(0)
+    alpha_bar = multimodal_DDPM.noise_schedule(1000, 0.001, 100.0)
+    eps = exact_eps(multimodal_DDPM.MODES, 0.01, alpha_bar)
+    x = multimodal_DDPM.sample(eps, alpha_bar, torch.randn(8000, 2), sampler, steps)[-1]
+    shares, off_mode, stds = mode_statistics(x, multimodal_DDPM.MODES, 0.01)
+    assert ((shares - 0.25).abs() < 0.02).all(), shares
+    assert off_mode < 0.002
+    assert ((stds / 0.01 - 1).abs() < 0.1).all(), stds
+
+
+def test_single_network_depends_on_t():
+    torch.manual_seed(0)
+    model = single_DDPM.EpsModel(1, 16, 1000)
+    x = torch.randn(8, 1)
+    assert not torch.allclose(model(x, torch.full((8,), 10)), model(x, torch.full((8,), 900)))
