@@ -29,3 +29,12 @@ def mode_statistics(x, means, std):
     shares = torch.stack([(nearest == k).float().mean() for k in range(len(means))])
     stds = torch.stack([x[(nearest == k) & near].var(0).mean().sqrt() for k in range(len(means))])
     return shares, 1 - near.float().mean().item(), stds
+
+
+def assert_modes(x, means, std, share_tolerance, max_off_mode, std_tolerance):
+    """Each mode holds 1/K of the samples to within share_tolerance, at most max_off_mode of them lie farther than
+    5 std from every mode, and each mode's std is within std_tolerance (relative) of std."""
+    shares, off_mode, stds = mode_statistics(x, means, std)
+    assert ((shares - 1 / len(means)).abs() <= share_tolerance).all(), shares
+    assert off_mode <= max_off_mode, off_mode
+    assert ((stds / std - 1).abs() <= std_tolerance).all(), stds

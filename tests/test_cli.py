@@ -50,3 +50,11 @@ def test_help_lists_every_constant(run):
     assert result.returncode == 0
     for flag in ("--sigma_data", "--nb_epochs", "--lr", "--batch_size", "--gamma", "--seed", "--device", "--out"):
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sampler", "euler"], ["--sampler", "euler"]),
+    (["--sampling_steps", "2000"], ["--sampling_steps", "--T"]),
+])
+def test_bad_sampler_settings_give_one_line(run, tmp_path, args, words):
+    assert_clean_error(run("multimodal_DDPM.py", *args, "--out", tmp_path), *words)

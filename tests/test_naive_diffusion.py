@@ -8,7 +8,7 @@ import torch
 import simple_1Diffusion
 import simple_2Diffusion
 import simple_multimodal
-from ground_truth import mixture_denoiser, mode_statistics
+from ground_truth import assert_modes, mixture_denoiser, mode_statistics
 
 
 def test_karras_ladder_matches_its_formula():
@@ -57,10 +57,7 @@ def test_churned_sampler_with_the_exact_denoiser_reproduces_the_four_modes(gamma
     Sigmas = simple_multimodal.karras_sigmas(0.002, 20.0, 40, 7.0)
     exact = mixture_denoiser(simple_multimodal.MODES, 0.01)
     x = simple_multimodal.sample(exact, Sigmas, 20.0 * torch.randn(20000, 2), gamma)[-1]
-    shares, off_mode, stds = mode_statistics(x, simple_multimodal.MODES, 0.01)
-    assert ((shares - 0.25).abs() < 0.015).all(), shares
-    assert off_mode < 0.001
-    assert ((stds / 0.01 - 1).abs() < 0.08).all(), stds
+    assert_modes(x, simple_multimodal.MODES, 0.01, share_tolerance=0.015, max_off_mode=0.001, std_tolerance=0.08)
 
 
 def test_mode_report_agrees_with_the_independent_statistics():

@@ -7,7 +7,7 @@ import pytest
 from conftest import CODES
 
 TINY_TOY = ["--nb_epochs", "5", "--n_samples", "64", "--nb_steps", "6"]
-TINY_DDPM = ["--nb_epochs", "5", "--n_samples", "64", "--T", "50"]
+TINY_DDPM = ["--nb_epochs", "5", "--n_samples", "64", "--T", "8"]  # T < 10 and T < 50: edge cases of the printing
 # script: (extra arguments, files expected in --out, files expected in --assets)
 SCRIPTS = {
     "simple_1Diffusion.py": (TINY_TOY, ["training_and_sampling.png"], []),
@@ -17,7 +17,7 @@ SCRIPTS = {
     "simple_multimodal_video.py": (TINY_TOY + ["--n_shown", "50"], [], ["denoising_4.gif"]),
     "single_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
     "simple_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
-    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "50"], ["multimodal_DDPM.png"], []),
+    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["multimodal_DDPM.png"], []),
 }
 NOT_LESSONS = {"common.py"}
 
