@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import detailed_DDPM
 import multimodal_DDPM
 import simple_DDPM
 import single_DDPM
@@ -101,3 +102,11 @@ def test_single_network_depends_on_t():
     model = single_DDPM.EpsModel(1, 16, 1000)
     x = torch.randn(8, 1)
     assert not torch.allclose(model(x, torch.full((8,), 10)), model(x, torch.full((8,), 900)))
+
+
+def test_wasserstein_to_gaussian_of_detailed_DDPM():
+    torch.manual_seed(0)
+    x = torch.randn(20000)
+    assert detailed_DDPM.wasserstein_to_gaussian(x, 0.0, 1.0) < 0.02
+    assert detailed_DDPM.wasserstein_to_gaussian(x + 0.5, 0.0, 1.0) == pytest.approx(0.5, abs=0.02)  # a shift
+    assert detailed_DDPM.wasserstein_to_gaussian(2 * x, 0.0, 1.0) == pytest.approx(2 / math.sqrt(2 * math.pi), abs=0.02)

@@ -3,6 +3,7 @@ saved samples.npy, independently of what the lesson prints. Each run takes secon
 import numpy as np
 import pytest
 
+import multimodal_DDPM
 import simple_multimodal
 from ground_truth import assert_modes
 
@@ -23,3 +24,10 @@ def test_four_gaussians_hit_weights_offmode_and_stds(run, tmp_path):
     assert result.returncode == 0, result.stderr
     samples = np.load(tmp_path / "samples.npy")
     assert_modes(samples, simple_multimodal.MODES, 0.01, share_tolerance=0.03, max_off_mode=0.0099, std_tolerance=0.20)
+
+
+def test_multimodal_DDPM_ancestral_hits_weights_offmode_and_stds(run, tmp_path):
+    result = run("multimodal_DDPM.py", "--sampler", "ddpm", "--seed", "0", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    samples = np.load(tmp_path / "samples.npy")
+    assert_modes(samples, multimodal_DDPM.MODES, 0.01, share_tolerance=0.03, max_off_mode=0.0099, std_tolerance=0.20)

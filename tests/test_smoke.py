@@ -17,7 +17,9 @@ SCRIPTS = {
     "simple_multimodal_video.py": (TINY_TOY + ["--n_shown", "50"], [], ["denoising_4.gif"]),
     "single_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
     "simple_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
-    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["multimodal_DDPM.png"], []),
+    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["multimodal_DDPM.png"], ["ddpm_vs_ddim_steps.png"]),
+    "detailed_DDPM.py": (TINY_DDPM + ["--n_frames", "5"], [], ["detailed_DDPM.gif"]),
+    "multimodal_DDPM_video.py": (TINY_DDPM + ["--sampling_steps", "8", "--n_shown", "50"], [], ["multimodal_DDPM.gif"]),
 }
 NOT_LESSONS = {"common.py"}
 
