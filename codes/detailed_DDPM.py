@@ -56,7 +56,7 @@ def frame(x, t, mean, std, distance, cfg):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
-    alpha_bar, losses, trajectory = lesson.run(cfg)  # trajectory[i] is x at t = T - 1 - i; the last is x_0
+    alpha_bar, _, trajectory = lesson.run(cfg)  # trajectory[i] is x at t = T - 1 - i; the last is x_0
     shown = torch.linspace(cfg.T - 1, -1, cfg.n_frames).round().long().tolist()  # from t = T down to the data
     frames = []
     print("   t   exact mean  exact std   W1 / exact std")

@@ -31,7 +31,7 @@ def frame(x, step, cfg):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
-    model, alpha_bar, losses, trajectory = lesson.run(cfg)
+    model, alpha_bar, trajectory = lesson.run(cfg)
     steps = torch.linspace(0, cfg.sampling_steps, min(cfg.n_frames, cfg.sampling_steps + 1)).round().long().tolist()
     frames = [frame(trajectory[step][:cfg.n_shown].cpu(), step, cfg) for step in steps]
     write_gif(folder / "multimodal_DDPM.gif", frames, frame_ms=100)

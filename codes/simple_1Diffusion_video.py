@@ -62,7 +62,7 @@ if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
     save_figure(noise_scales_figure(cfg), folder / "noise_scales.png")
-    Sigmas, losses, trajectory = lesson.run(cfg)
+    Sigmas, _, trajectory = lesson.run(cfg)
     frames = [frame(x.cpu().numpy()[:, 0], sigma, step, cfg)
               for step, (sigma, x) in enumerate(zip(Sigmas.tolist(), trajectory))]
     write_gif(folder / "pdf_diffusion_gif.gif", frames, frame_ms=150)

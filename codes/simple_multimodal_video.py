@@ -31,7 +31,7 @@ def frame(x, sigma, title):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
-    Sigmas, losses, trajectory = lesson.run(cfg)
+    Sigmas, _, trajectory = lesson.run(cfg)
     levels = Sigmas.cpu().flip(0)[::2].tolist()  # forward half: every other level, from 0 up to sigma_max
     data = lesson.sample_data(cfg.n_shown, cfg).cpu()
     noise = torch.randn_like(data)
