@@ -58,3 +58,11 @@ def test_help_lists_every_constant(run):
 ])
 def test_bad_sampler_settings_give_one_line(run, tmp_path, args, words):
     assert_clean_error(run("multimodal_DDPM.py", *args, "--out", tmp_path), *words)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--schedule", "quadratic"], ["--schedule", "quadratic"]),
+    (["--sampler", "ddim", "--T", "50"], ["--sampling_steps", "--T"]),  # DDIM's default 100 steps > T
+])
+def test_bad_spiral_settings_give_one_line(run, tmp_path, args, words):
+    assert_clean_error(run("spiral_DDPM.py", *args, "--out", tmp_path), *words)

@@ -1,0 +1,49 @@
+"""The spiral lesson as a GIF: the spiral dissolves into noise under the forward process, then the reverse
+process draws it back.
+
+It imports the schedule, the forward process, the training and the samplers of spiral_DDPM.py (every flag of
+that lesson works here too) and renders assets/spiral_DDPM.gif. The forward half is q(x_t | x0) in closed form
+(eq. 4); the reverse half is the sampler's trajectory. DDPM's x_t is variance-preserving, so fixed axes hold.
+
+    python codes/spiral_DDPM_video.py          # about 60 s on a 2-core CPU
+"""
+import matplotlib.pyplot as plt
+import torch
+
+import spiral_DDPM as lesson
+from common import figure_to_frame, parse_config, save_results, writable_folder, write_gif
+
+assets = "assets"  # folder for the GIF that the README shows
+n_frames = 30  # frames of each half, forward and reverse
+n_shown = 2000  # points drawn in each frame
+
+
+def frame(x, title):
+    """One GIF frame: the points x (n, 2)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.8))
+    ax.scatter(*x.T, s=2, alpha=0.4)
+    ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal", xticks=[-1, 0, 1], yticks=[-1, 0, 1])
+    ax.set_title(title, fontsize=10)
+    image = figure_to_frame(fig)
+    plt.close(fig)
+    return image
+
+
+if __name__ == "__main__":
+    cfg = parse_config(__doc__, lesson.__file__, __file__)
+    folder = writable_folder(cfg.assets, "--assets")
+    alpha_bar, _, trajectory = lesson.run(cfg)
+    # Frames at t = T (s / n)^2: most of the picture changes at small t, where the spiral is still visible.
+    shown_t = sorted({round((cfg.T - 1) * (i / (cfg.n_frames - 1)) ** 2) for i in range(cfg.n_frames)})
+    x0 = lesson.sample_data(cfg.n_shown, cfg)
+    eps = torch.randn_like(x0)
+    frames = [frame(lesson.q_sample(x0, torch.full((cfg.n_shown,), t, device=cfg.device), eps, alpha_bar).cpu(),
+                    f"forward: q(x_t | x0), t = {t + 1}") for t in shown_t]
+    steps = len(trajectory) - 1  # T for ancestral sampling, sampling_steps for DDIM
+    shown_steps = sorted({steps - round(steps * (i / (cfg.n_frames - 1)) ** 2) for i in range(cfg.n_frames)})
+    frames += [frame(trajectory[step][:cfg.n_shown].cpu(), f"reverse ({cfg.sampler}): step {step}/{steps}")
+               for step in shown_steps]
+    write_gif(folder / "spiral_DDPM.gif", frames, frame_ms=100)
+    save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.n_samples, cfg))
+    print(f"mean distance to the curve: generated {lesson.distance_to_curve(trajectory[-1]):.4f} "
+          f"| fresh data {lesson.distance_to_curve(lesson.sample_data(cfg.n_samples, cfg)):.4f}")
