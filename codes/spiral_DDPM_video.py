@@ -2,7 +2,8 @@
 process draws it back.
 
 It imports the schedule, the forward process, the training and the samplers of spiral_DDPM.py (every flag of
-that lesson works here too) and renders assets/spiral_DDPM.gif. The forward half is q(x_t | x0) in closed form
+that lesson works here too) and renders assets/spiral_DDPM.gif, and assets/spiral_forward.png: the spiral noised
+in closed form at several t. The forward half is q(x_t | x0) in closed form
 (eq. 4); the reverse half is the sampler's trajectory. DDPM's x_t is variance-preserving, so fixed axes hold.
 
     python codes/spiral_DDPM_video.py          # about 60 s on a 2-core CPU
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import spiral_DDPM as lesson
-from common import figure_to_frame, parse_config, save_results, writable_folder, write_gif
+from common import figure_to_frame, parse_config, save_figure, save_results, writable_folder, write_gif
 
 assets = "assets"  # folder for the GIF that the README shows
 n_frames = 30  # frames of each half, forward and reverse
@@ -29,6 +30,18 @@ def frame(x, title):
     return image
 
 
+def forward_figure(x0, eps, alpha_bar, cfg):
+    """The forward process q(x_t | x0) = N(sqrt(abar_t) x0, (1 - abar_t) I) at six t, for the same x0 and eps."""
+    shown_t = [0, cfg.T // 100, cfg.T // 40, cfg.T // 20, cfg.T // 10, cfg.T - 1]
+    fig, axes = plt.subplots(1, len(shown_t), figsize=(3 * len(shown_t), 3.3))
+    for ax, t in zip(axes, shown_t):
+        x_t = lesson.q_sample(x0, torch.full((len(x0),), t, device=x0.device), eps, alpha_bar).cpu()
+        ax.scatter(*x_t.T, s=1, alpha=0.4)
+        ax.set(title=f"t = {t + 1}\nsqrt(abar_t) = {alpha_bar[t].sqrt():.2f}", xlim=(-2.5, 2.5), ylim=(-2.5, 2.5),
+               aspect="equal", xticks=[], yticks=[])
+    return fig
+
+
 if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
@@ -37,6 +50,7 @@ if __name__ == "__main__":
     shown_t = sorted({round((cfg.T - 1) * (i / (cfg.n_frames - 1)) ** 2) for i in range(cfg.n_frames)})
     x0 = lesson.sample_data(cfg.n_shown, cfg)
     eps = torch.randn_like(x0)
+    save_figure(forward_figure(x0, eps, alpha_bar, cfg), folder / "spiral_forward.png")
     frames = [frame(lesson.q_sample(x0, torch.full((cfg.n_shown,), t, device=cfg.device), eps, alpha_bar).cpu(),
                     f"forward: q(x_t | x0), t = {t + 1}") for t in shown_t]
     steps = len(trajectory) - 1  # T for ancestral sampling, sampling_steps for DDIM

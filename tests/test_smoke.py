@@ -21,7 +21,7 @@ SCRIPTS = {
     "detailed_DDPM.py": (TINY_DDPM + ["--n_frames", "5"], [], ["detailed_DDPM.gif"]),
     "multimodal_DDPM_video.py": (TINY_DDPM + ["--sampling_steps", "8", "--n_shown", "50"], [], ["multimodal_DDPM.gif"]),
     "spiral_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["spiral_DDPM.png"], []),
-    "spiral_DDPM_video.py": (TINY_DDPM + ["--n_frames", "4", "--n_shown", "50"], [], ["spiral_DDPM.gif"]),
+    "spiral_DDPM_video.py": (TINY_DDPM + ["--n_frames", "4", "--n_shown", "50"], [], ["spiral_DDPM.gif", "spiral_forward.png"]),
     "ddpm_coefficients.py": (["--T", "50"], [], ["ddpm_coefficients.png"]),
 }
 NO_SAMPLES = {"ddpm_coefficients.py"}  # it plots the schedule; nothing is sampled
