@@ -82,6 +82,9 @@ def parse_config(doc, *files, argv=None):
     for path in files:
         constants.update(hyperparameters(path))
     for name, (default, help_text) in constants.items():
+        if isinstance(default, bool):  # a switch: `--name` alone turns it on
+            parser.add_argument(f"--{name}", action="store_true", default=default, help=help_text)
+            continue
         if isinstance(default, int):
             kind, nargs, choices = positive_int, None, None
         elif isinstance(default, float):

@@ -1,9 +1,11 @@
 """Shared fixtures: the lessons are importable as modules, and runnable as real subprocesses."""
+import gzip
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,3 +24,26 @@ def run_lesson(script, *args, timeout=600):
 @pytest.fixture
 def run():
     return run_lesson
+
+
+def write_idx(path, array):
+    """A gzipped IDX file as MNIST ships it: magic 0x0000080N (unsigned bytes, N dims), N big-endian sizes, bytes."""
+    header = (0x800 + array.ndim).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype("uint8").tobytes()))
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory):
+    """A folder with the four MNIST files in miniature (160 training and 120 test digits of random strokes), so that no
+    test needs the real data set."""
+    folder = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 160), ("t10k", 120)):
+        labels = np.arange(n) % 10
+        images = np.zeros((n, 28, 28))
+        for image, label in zip(images, labels):  # a bar whose position encodes the label, plus speckle
+            image[4:24, 2 + 2 * label: 5 + 2 * label] = 255
+            image += rng.uniform(0, 40, (28, 28))
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images.clip(0, 255))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import CODES
+from test_mnist import MNIST_SCRIPTS
 
 TINY_TOY = ["--nb_epochs", "5", "--n_samples", "64", "--nb_steps", "6"]
 TINY_DDPM = ["--nb_epochs", "5", "--n_samples", "64", "--T", "8"]  # T < 10 and T < 50: edge cases of the printing
@@ -29,7 +30,7 @@ NOT_LESSONS = {"common.py"}
 
 
 def test_every_script_has_a_smoke_run():
-    assert {p.name for p in CODES.glob("*.py")} - NOT_LESSONS == set(SCRIPTS)
+    assert {p.name for p in CODES.glob("*.py")} - NOT_LESSONS == set(SCRIPTS) | set(MNIST_SCRIPTS)
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -1,0 +1,338 @@
+"""DDPM on MNIST with a small UNet: the toy lessons' Algorithms 1 and 2, now generating handwritten digits.
+
+Ho et al. 2020: train by Algorithm 1, sample by Algorithm 2, with the cosine schedule of Nichol & Dhariwal 2021
+(eq. 17). The network is a UNet (Ronneberger et al. 2015) as in Ho et al.'s Appendix B, only much smaller: ResNet
+blocks with GroupNorm, a sinusoidal time embedding added in every block, self-attention at 7x7 and skip
+connections. Sampling uses an exponential moving average (EMA) of the weights, and DDIM (Song et al. 2021, eq. 12)
+reaches good digits in 50 steps instead of 1000.
+
+    python codes/mnist_UNet.py                      # about 25 min on a 2-core CPU; a checkpoint every epoch
+    python codes/mnist_UNet.py --resume             # continue from outputs/mnist_UNet/model.pt
+    python codes/mnist_UNet.py --n_train 2000 --nb_epochs 1 --n_samples 64   # a one-minute look
+    python codes/mnist_fid.py                       # the quality number of outputs/mnist_UNet/samples.npy
+
+The data are the four MNIST IDX files in --data; missing ones are downloaded from --mirror and checked.
+"""
+import copy
+import gzip
+import hashlib
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import check, check_finite, fail, parse_config, save_figure, show_figures
+
+data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
+mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
+n_train = 60000  # training images used (fewer for a quick run)
+channels = 32  # UNet width at 28x28; 64 at 14x14 and 7x7
+T = 1000  # diffusion steps
+nb_epochs = 2  # passes over the training images
+batch_size = 128  # images per optimisation step
+lr = 1e-3  # AdamW peak learning rate: 100 warm-up steps, then a cosine down to 0
+ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
+sampler = "ddim"  # ddpm|ddim: ancestral (Algorithm 2) or deterministic DDIM, both on a subsequence of steps
+sampling_steps = 50  # steps of the sampler, evenly spaced over 1..T
+n_samples = 1000  # digits generated at the end
+resume = False  # continue training from --out/model.pt instead of starting afresh
+
+MNIST_MD5 = {  # the files as every public mirror serves them
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+# ----------------------------------------------------------------------------- data
+def download(folder, mirror, checksums=MNIST_MD5):
+    """Fetch each missing file into a temporary file, and rename it into place only once its MD5 matches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, md5 in checksums.items():
+        if (folder / name).exists():
+            continue
+        print(f"downloading {mirror}{name}")
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
+            try:
+                with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                    digest = hashlib.md5()
+                    while block := response.read(1 << 20):
+                        digest.update(block)
+                        part.write(block)
+            except (urllib.error.URLError, OSError) as error:
+                os.unlink(part.name)
+                fail(f"cannot download {mirror}{name} ({getattr(error, 'reason', error)}). Offline? "
+                     f"Put {', '.join(checksums)} in {folder}, or pass --data with the folder that holds them")
+        if digest.hexdigest() != md5:
+            os.unlink(part.name)
+            fail(f"{name} from {mirror} has MD5 {digest.hexdigest()}, expected {md5}; nothing was saved")
+        os.replace(part.name, folder / name)
+
+
+def read_idx(path, shape):
+    """An IDX file (LeCun's MNIST format), gzipped: magic 0x0000080N (unsigned bytes, N dims), N big-endian sizes,
+    then the bytes. `shape` gives the sizes after the first, which counts the items."""
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        fail(f"{path} is not a complete gzip file ({error}); delete it and run again to download it")
+    ndim = len(shape) + 1
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    check(magic == 0x800 + ndim, f"{path} is not an IDX file of {ndim}-D unsigned bytes (magic number {magic})")
+    sizes = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    check(tuple(sizes[1:]) == shape, f"{path} holds items of shape {tuple(sizes[1:])}, expected {shape}")
+    check(len(raw) == 4 + 4 * ndim + math.prod(sizes), f"{path} is truncated or has trailing bytes")
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(sizes)
+
+
+def load_mnist(folder, split, mirror, n=None):
+    """Images (n, 1, 28, 28) as floats in [-1, 1] and labels (n,) of the split 'train' or 't10k'."""
+    folder = Path(folder)
+    download(folder, mirror)
+    images = read_idx(folder / f"{split}-images-idx3-ubyte.gz", (28, 28))
+    labels = read_idx(folder / f"{split}-labels-idx1-ubyte.gz", ())
+    check(len(images) == len(labels), f"{split}: {len(images)} images but {len(labels)} labels in {folder}")
+    return images[:n, None].float() / 127.5 - 1, labels[:n].long()
+
+
+# ----------------------------------------------------------------------------- schedule
+def cosine_schedule(T):
+    """abar_t = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) pi / 2), s = 0.008 (Nichol & Dhariwal eq. 17), with
+    beta_t = 1 - abar_t / abar_{t-1} clipped at 0.999; t = 1..T at index 0..T-1. float64 here, float32 on device."""
+    f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.cumprod(1 - (1 - f[1:] / f[:-1]).clamp(max=0.999), 0).float()  # (T,)
+
+
+# ----------------------------------------------------------------------------- the UNet
+def time_embedding(t, dim):
+    """Sinusoidal embedding of the integer step t (Vaswani et al. 2017), as in Ho et al. 2020."""
+    frequencies = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
+    angles = t[:, None].float() * frequencies  # (n, dim / 2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv, plus the time embedding as a per-channel shift; twice; plus a skip path."""
+
+    def __init__(self, c_in, c_out, time_dim):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time = nn.Linear(time_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(8, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):  # x: (n, c_in, h, w), emb: (n, time_dim)
+        h = self.conv1(F.silu(self.norm1(x))) + self.time(emb)[:, :, None, None]
+        return self.conv2(F.silu(self.norm2(h))) + self.skip(x)  # (n, c_out, h, w)
+
+
+class Attention(nn.Module):
+    """Self-attention over the h*w positions, so that distant strokes of a digit can agree."""
+
+    def __init__(self, c, heads=4):
+        super().__init__()
+        self.norm, self.heads = nn.GroupNorm(8, c), heads
+        self.qkv, self.proj = nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1)
+
+    def forward(self, x):  # x: (n, c, h, w)
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (n, heads, h*w, c / heads)
+        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t) for 28x28 images: 28 -> 14 -> 7 -> 14 -> 28, each decoder level fed the encoder's output of
+    the same size (the skip connections) and every block told t."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c, time_dim = c, 4 * c
+        self.time_mlp = nn.Sequential(nn.Linear(c, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        self.down1, self.pool1 = ResBlock(c, c, time_dim), nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.down2, self.pool2 = ResBlock(c, 2 * c, time_dim), nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
+        self.mid1, self.attention, self.mid2 = ResBlock(2 * c, 2 * c, time_dim), Attention(2 * c), ResBlock(2 * c, 2 * c, time_dim)
+        self.up2 = ResBlock(4 * c, 2 * c, time_dim)
+        self.up1 = ResBlock(3 * c, c, time_dim)
+        self.head = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
+
+    def forward(self, x, t):  # x: (n, 1, 28, 28), t: (n,) integer steps 0..T-1
+        emb = self.time_mlp(time_embedding(t, self.c))  # (n, 4c)
+        skip1 = self.down1(self.stem(x), emb)  # (n, c, 28, 28)
+        skip2 = self.down2(self.pool1(skip1), emb)  # (n, 2c, 14, 14)
+        h = self.mid2(self.attention(self.mid1(self.pool2(skip2), emb)), emb)  # (n, 2c, 7, 7)
+        h = self.up2(torch.cat([F.interpolate(h, scale_factor=2.0), skip2], 1), emb)  # (n, 2c, 14, 14)
+        h = self.up1(torch.cat([F.interpolate(h, scale_factor=2.0), skip1], 1), emb)  # (n, c, 28, 28)
+        return self.head(h)  # (n, 1, 28, 28)
+
+
+# ----------------------------------------------------------------------------- training, with checkpoints
+def learning_rate(step, total, peak):
+    return peak * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def train(images, alpha_bar, cfg):
+    """Algorithm 1 on shuffled epochs. Every epoch ends with --out/model.pt, from which --resume carries on exactly:
+    the shuffling is seeded per epoch and the random state for t and eps is saved."""
+    model = UNet(cfg.channels).to(cfg.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    start, losses, path = 0, [], cfg.out / "model.pt"
+    if cfg.resume:
+        start, losses = load_checkpoint(path, model, ema, optimizer, cfg)
+    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    total, clock = cfg.nb_epochs * steps_per_epoch, time.time()
+    for epoch in range(start, cfg.nb_epochs):
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for i, batch in enumerate(order.split(cfg.batch_size)):
+            step = epoch * steps_per_epoch + i
+            x0 = images[batch].to(cfg.device)  # (B, 1, 28, 28)
+            t = torch.randint(0, cfg.T, (len(batch),))  # (B,), drawn on the CPU so that resuming repeats it
+            eps = torch.randn(x0.shape)
+            t, eps, a = t.to(cfg.device), eps.to(cfg.device), alpha_bar[t].reshape(-1, 1, 1, 1).to(cfg.device)
+            loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)  # eq. 4 in one jump; eq. 14
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total, cfg.lr)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():  # EMA, its decay warmed up so that early weights fade fast
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+            losses.append(loss.item())
+            check_finite(losses[-1], step)
+            progress(epoch, i + 1, steps_per_epoch, losses, (time.time() - clock) / (step + 1 - start * steps_per_epoch), total - step - 1, cfg)
+        print()
+        save_checkpoint(path, model, ema, optimizer, epoch + 1, losses, cfg)
+    return ema, losses
+
+
+def progress(epoch, done, per_epoch, losses, seconds_per_step, steps_left, cfg):
+    if done % 10 and done != per_epoch:
+        return
+    bar = "#" * (20 * done // per_epoch)
+    eta = time.strftime("%H:%M:%S", time.gmtime(seconds_per_step * steps_left))
+    print(f"\repoch {epoch + 1}/{cfg.nb_epochs} [{bar:20}] {done}/{per_epoch} loss {np.mean(losses[-50:]):.4f} "
+          f"ETA {eta}", end="", flush=True)
+
+
+ARCHITECTURE = ("channels", "T")  # a checkpoint only fits a model with the same values of these
+
+
+def save_checkpoint(path, model, ema, optimizer, epoch, losses, cfg):
+    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+             "epoch": epoch, "losses": torch.tensor(losses), "rng": torch.get_rng_state(),
+             "config": {name: getattr(cfg, name) for name in ARCHITECTURE}}
+    torch.save(state, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)  # an interrupted save never leaves half a checkpoint
+    print(f"wrote {path} (epoch {epoch})")
+
+
+def load_checkpoint(path, model, ema, optimizer, cfg):
+    check(path.exists(), f"--resume: there is no checkpoint {path}")
+    try:
+        state = torch.load(path, map_location=cfg.device, weights_only=True)  # tensors and numbers only, no code
+    except Exception as error:  # any damage: a truncated zip, a foreign pickle, a file that is not torch's
+        fail(f"cannot read the checkpoint {path} ({type(error).__name__}); delete it to start afresh")
+    for name in ARCHITECTURE:
+        check(state["config"][name] == getattr(cfg, name),
+              f"{path} was trained with --{name} {state['config'][name]}, not {getattr(cfg, name)}")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"].cpu())
+    print(f"resumed from {path} after epoch {state['epoch']}")
+    return state["epoch"], state["losses"].tolist()
+
+
+# ----------------------------------------------------------------------------- samplers
+@torch.no_grad()
+def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
+    """From x_T ~ N(0, I), yield x after each of `sampling_steps` steps t -> s on an evenly spaced subsequence of
+    T..1. x0_hat is clipped to the pixel range [-1, 1]. ddpm: draw x_s from q(x_s | x_t, x0_hat) (Ho et al. eqs.
+    6-7 with beta = 1 - abar_t / abar_s, as Nichol & Dhariwal respace); ddim: Song et al. eq. 12, eta = 0."""
+    steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps).round().long().tolist()
+    for i, t in enumerate(steps):
+        a_t = alpha_bar[t]
+        a_s = alpha_bar[steps[i + 1]] if i + 1 < len(steps) else torch.ones_like(a_t)  # abar = 1 after the end
+        eps = model(x, torch.full((len(x),), t, device=x.device))
+        x0_hat = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # eq. 4 solved for x0
+        if sampler == "ddim":
+            eps = (x - a_t.sqrt() * x0_hat) / (1 - a_t).sqrt()  # the noise that agrees with the clipped x0_hat
+            x = a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps
+        else:
+            beta = 1 - a_t / a_s
+            mean = a_s.sqrt() * beta / (1 - a_t) * x0_hat + (1 - beta).sqrt() * (1 - a_s) / (1 - a_t) * x  # eq. 7
+            x = mean + ((1 - a_s) / (1 - a_t) * beta).sqrt() * torch.randn_like(x)  # beta~ = 0 at the last step
+        yield x
+
+
+def sample(model, alpha_bar, n, cfg, chunk=500):
+    """n digits as (n, 28, 28) floats in [0, 1], generated `chunk` at a time to bound the memory."""
+    digits = []
+    for size in [chunk] * (n // chunk) + [n % chunk] * (n % chunk > 0):
+        x = torch.randn(size, 1, 28, 28, device=cfg.device)
+        for x in reverse_process(model, alpha_bar, x, cfg.sampler, cfg.sampling_steps):
+            pass
+        digits.append(x[:, 0].cpu())
+    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)
+
+
+def run(cfg):
+    check(cfg.sampling_steps <= cfg.T, "--sampling_steps cannot exceed --T")
+    images, _ = load_mnist(cfg.data, "train", cfg.mirror, cfg.n_train)
+    alpha_bar = cosine_schedule(cfg.T).to(cfg.device)
+    print(f"{len(images)} training images; abar_T = {alpha_bar[-1].item():.1e}; UNet with "
+          f"{sum(p.numel() for p in UNet(cfg.channels).parameters()):,} parameters; device {cfg.device}")
+    ema, losses = train(images, alpha_bar, cfg)
+    return ema, alpha_bar, losses
+
+
+def image_grid(digits, rows):
+    """(n, 28, 28) -> one (rows * 28, columns * 28) image."""
+    columns = len(digits) // rows
+    return digits[:rows * columns].reshape(rows, columns, 28, 28).transpose(1, 2).reshape(rows * 28, columns * 28)
+
+
+# ----------------------------------------------------------------------------- results
+if __name__ == "__main__":
+    cfg = parse_config(__doc__, __file__)
+    clock = time.time()
+    ema, alpha_bar, losses = run(cfg)
+    training_time, clock = time.time() - clock, time.time()
+    samples = sample(ema, alpha_bar, cfg.n_samples, cfg)
+    print(f"training {training_time / 60:.1f} min; sampling {cfg.n_samples} digits ({cfg.sampler}, "
+          f"{cfg.sampling_steps} steps) {(time.time() - clock) / 60:.1f} min")
+    test_images = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2  # (n, 28, 28) in [0, 1]
+    np.save(cfg.out / "samples.npy", samples.numpy())
+    np.save(cfg.out / "data.npy", test_images.numpy())
+    print(f"wrote {cfg.out / 'samples.npy'} and {cfg.out / 'data.npy'}")
+
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.imshow(image_grid(samples, min(10, math.isqrt(len(samples)))), cmap="gray")
+    ax.set(title=f"generated digits ({cfg.sampler}, {cfg.sampling_steps} steps)", xticks=[], yticks=[])
+    save_figure(fig, cfg.out / "samples.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogy(losses, alpha=0.3)
+    ax.semilogy(np.convolve(losses, np.ones(50) / 50, mode="valid"), label="mean of 50 steps")
+    ax.set(title="training loss |eps - eps_theta|^2", xlabel="step")
+    ax.legend()
+    save_figure(fig, cfg.out / "loss.png")
+
+    for name, images in (("generated", samples), ("test data", test_images)):
+        print(f"{name:>9}: mean pixel {images.mean():.3f}, pixels near 0 or 1 "
+              f"{((images < 0.1) | (images > 0.9)).float().mean():.3f}")
+    print(f"quality: python codes/mnist_fid.py --samples {cfg.out / 'samples.npy'} (FLD <= 3x the train-vs-test floor)")
+    show_figures()

@@ -1,0 +1,139 @@
+"""The Frechet LeNet Distance (FLD): how far generated digits are from real ones, through a classifier's eyes.
+
+FID (Heusel et al. 2017) with a small LeNet-5-style MNIST classifier (LeCun et al. 1998) in place of Inception:
+fit a Gaussian to the classifier's penultimate features of each set of images, then take the Frechet distance
+between the two Gaussians (Dowson & Landau 1982),
+    d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
+with the true matrix square root, not an element-wise one. An FLD alone means little: at a finite n even real
+digits score above 0. So it also prints the floor (real training digits against the test set, at the same n) and a
+ceiling (noise with the digits' pixel mean and std), and which digits a sample set contains.
+
+    python codes/mnist_fid.py                       # scores outputs/mnist_UNet/samples.npy
+    python codes/mnist_fid.py --samples other/samples.npy
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import check, check_finite, fail, parse_config
+from mnist_UNet import load_mnist
+
+samples = "outputs/mnist_UNet/samples.npy"  # the digits to score: (n, 28, 28) floats in [0, 1]
+data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
+mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
+lenet_epochs = 2  # epochs of the classifier's training, done once and cached as --out/lenet.pt
+batch_size = 128  # images per step of the classifier's training
+lr = 1e-3  # Adam learning rate of the classifier
+
+
+# ----------------------------------------------------------------------------- the classifier
+class LeNet(nn.Module):
+    """LeNet-5 with ReLU and max-pooling: 28x28 -> 6@14x14 -> 16@5x5 -> 120 -> 84 features -> 10 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.classify = nn.Linear(84, 10)
+
+    def forward(self, x):  # x: (n, 28, 28) in [0, 1]
+        return self.classify(self.features(x[:, None] - 0.5))  # (n, 10)
+
+
+def train_lenet(images, labels, cfg):
+    model = LeNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    for epoch in range(cfg.lenet_epochs):
+        for step, batch in enumerate(torch.randperm(len(images)).split(cfg.batch_size)):
+            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            check_finite(loss.item(), step)
+    return model.eval()
+
+
+def load_classifier(cfg):
+    """The cached LeNet and its test accuracy, training it first if --out has none."""
+    path = cfg.out / "lenet.pt"
+    if not path.exists():
+        (train_x, train_y), (test_x, test_y) = (mnist(cfg, split) for split in ("train", "t10k"))
+        model = train_lenet(train_x, train_y, cfg)
+        with torch.no_grad():
+            accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
+        torch.save({"model": model.state_dict(), "accuracy": accuracy}, path)
+        print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
+    try:
+        state = torch.load(path, weights_only=True)
+        model = LeNet()
+        model.load_state_dict(state["model"])
+    except Exception as error:  # any damage to the cache: say which file, and how to mend it
+        fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it to train it again")
+    return model.eval(), state["accuracy"]
+
+
+def mnist(cfg, split):
+    """Images (n, 28, 28) in [0, 1] and labels of a split."""
+    images, labels = load_mnist(cfg.data, split, cfg.mirror)
+    return (images[:, 0] + 1) / 2, labels
+
+
+# ----------------------------------------------------------------------------- the distance
+@torch.no_grad()
+def features(model, images):
+    """The classifier's 84 penultimate features of each image, as float64 numpy (n, 84)."""
+    return torch.cat([model.features(chunk[:, None] - 0.5) for chunk in images.split(1000)]).double().numpy()
+
+
+def frechet_distance(f1, f2):
+    """d^2 between N(mu_1, S_1) and N(mu_2, S_2) fitted to the rows of f1 and f2. Tr (S_1 S_2)^(1/2) is the sum of
+    the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), a symmetric matrix similar to S_1 S_2."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(w.clip(0))) @ v.T  # S_1^(1/2)
+    trace_root = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1).clip(0)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_root)
+
+
+def load_samples(path):
+    try:
+        array = np.load(path)
+    except (OSError, ValueError) as error:
+        fail(f"cannot read --samples {path}: {error}")
+    check(array.ndim == 3 and array.shape[1:] == (28, 28), f"--samples {path} has shape {array.shape}, not (n, 28, 28)")
+    check(np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1, f"--samples {path} is not all in [0, 1]")
+    check(len(array) >= 100, f"--samples {path} has {len(array)} images; a Frechet distance needs hundreds")
+    return torch.from_numpy(array).float()
+
+
+def report(model, named_samples, cfg):
+    """Print the floor, the ceiling and one FLD row per named sample set, with its ratio to the floor and class mix;
+    return {name: FLD}."""
+    (train_x, _), (test_x, _) = mnist(cfg, "train"), mnist(cfg, "t10k")
+    reference = features(model, test_x)
+    n = len(next(iter(named_samples.values())))
+    floor = frechet_distance(features(model, train_x[torch.randperm(len(train_x))[:n]]), reference)
+    noise = (train_x.mean() + train_x.std() * torch.randn(n, 28, 28)).clamp(0, 1)
+    print(f"FLD against the {len(test_x)} test digits, n = {n}:")
+    print(f"  {'real training digits (floor)':<32} {floor:9.2f}")
+    print(f"  {'noise with their pixel stats':<32} {frechet_distance(features(model, noise), reference):9.2f}")
+    scores = {}
+    for name, images in named_samples.items():
+        scores[name] = frechet_distance(features(model, images), reference)
+        with torch.no_grad():
+            shares = np.bincount(model(images).argmax(1).numpy(), minlength=10) / len(images)
+        print(f"  {name:<32} {scores[name]:9.2f}  = {scores[name] / floor:.2f}x the floor (target <= 3)")
+        print(f"  {'':<32} classes 0-9: {' '.join(f'{s:.0%}' for s in shares)} "
+              f"(min {shares.min():.1%}, max {shares.max():.1%}; target 5-15% each)")
+    return scores
+
+
+if __name__ == "__main__":
+    cfg = parse_config(__doc__, __file__)
+    images = load_samples(cfg.samples)
+    model, accuracy = load_classifier(cfg)
+    print(f"LeNet test accuracy {accuracy:.2%}")
+    report(model, {f"samples ({cfg.samples})": images}, cfg)

@@ -1,0 +1,283 @@
+"""The MNIST lessons, offline and small: the IDX reader, the checked download, the UNet, exact resuming, the samplers
+against a closed form, the Frechet distance against closed forms, and a smoke run of each script on tiny data."""
+import functools
+import gzip
+import hashlib
+import http.server
+import shutil
+import socket
+import threading
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+
+import mnist_UNet as lesson
+from conftest import write_idx
+from mnist_fid import frechet_distance
+from test_cli import assert_clean_error
+
+MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py")  # smoke-run here, on tiny data
+TINY_UNET = ["--n_train", "64", "--channels", "8", "--T", "50", "--nb_epochs", "1", "--batch_size", "32",
+             "--sampling_steps", "5"]
+
+
+def config(tmp_path, **changes):
+    """The lesson's defaults, made tiny, as parse_config would hand them over."""
+    cfg = dict(channels=8, T=50, nb_epochs=2, batch_size=16, lr=1e-3, ema_decay=0.99, seed=0, resume=False,
+               sampler="ddpm", sampling_steps=10, device=torch.device("cpu"), out=tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    return Namespace(**{**cfg, **changes})
+
+
+# ----------------------------------------------------------------------------- the IDX reader
+def test_read_idx_reads_what_was_written(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
+    write_idx(tmp_path / "images.gz", images)
+    assert np.array_equal(lesson.read_idx(tmp_path / "images.gz", (28, 28)).numpy(), images)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: write_idx(path, np.zeros((5, 28))), ["magic number"]),  # 2-D where 3-D is expected
+    (lambda path: write_idx(path, np.zeros((5, 28, 27))), ["shape (28, 27)"]),
+    (lambda path: path.write_bytes(path.read_bytes()[:-20]), ["not a complete gzip file"]),  # a cut download
+    (lambda path: path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-9])), ["truncated"]),  # a complete gzip holding too few bytes
+])
+def test_damaged_idx_files_name_the_file(tmp_path, damage, words):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    write_idx(path, np.zeros((5, 28, 28)))
+    damage(path)
+    with pytest.raises(SystemExit, match="error: .*train-images-idx3-ubyte.gz") as error:
+        lesson.read_idx(path, (28, 28))
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_label_count_must_match(tmp_path, tiny_mnist):
+    folder = tmp_path / "mnist"
+    shutil.copytree(tiny_mnist, folder)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(159))
+    with pytest.raises(SystemExit, match="160 images but 159 labels"):
+        lesson.load_mnist(folder, "train", "http://127.0.0.1:9/")
+
+
+# ----------------------------------------------------------------------------- the download
+@pytest.fixture
+def mirror(tiny_mnist):
+    """An HTTP server on 127.0.0.1 serving the tiny MNIST files; yields its URL."""
+    handler = functools.partial(QuietHandler, directory=str(tiny_mnist))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def checksums_of(folder):
+    return {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted(folder.glob("*.gz"))}
+
+
+def test_download_fetches_and_verifies(tmp_path, tiny_mnist, mirror):
+    lesson.download(tmp_path / "data", mirror, checksums_of(tiny_mnist))
+    for name in checksums_of(tiny_mnist):
+        assert (tmp_path / "data" / name).read_bytes() == (tiny_mnist / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(checksums_of(tiny_mnist))
+
+
+def test_checksum_mismatch_leaves_nothing(tmp_path, tiny_mnist, mirror):
+    checksums = {name: "0" * 32 for name in checksums_of(tiny_mnist)}
+    with pytest.raises(SystemExit, match="expected 0{32}; nothing was saved"):
+        lesson.download(tmp_path / "data", mirror, checksums)
+    assert list((tmp_path / "data").iterdir()) == []  # no file, and no half-written .part either
+
+
+def test_offline_gives_one_clear_line(run, tmp_path):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    result = run("mnist_UNet.py", "--data", tmp_path / "data", "--mirror", closed, "--out", tmp_path / "out")
+    assert_clean_error(result, "cannot download", "Offline?", "train-images-idx3-ubyte.gz", str(tmp_path / "data"))
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- schedule, UNet, training
+def test_cosine_schedule_follows_its_formula():
+    alpha_bar = lesson.cosine_schedule(1000).double()
+    t = torch.arange(1, 1001, dtype=torch.float64)
+    f = lambda t: torch.cos((t / 1000 + 0.008) / 1.008 * torch.pi / 2) ** 2  # Nichol & Dhariwal eq. 17
+    unclipped = t < 990  # the last few betas are clipped at 0.999
+    assert torch.allclose(alpha_bar[unclipped], (f(t) / f(torch.zeros(1)))[unclipped], rtol=1e-5)
+    assert alpha_bar[-1] < 1e-4  # x_T is N(0, I) to within 1e-2 of a std
+
+
+def test_unet_keeps_the_shape_and_listens_to_t():
+    model = lesson.UNet(8)
+    x = torch.randn(3, 1, 28, 28)
+    early, late = model(x, torch.full((3,), 5)), model(x, torch.full((3,), 900))
+    assert early.shape == x.shape
+    assert (early - late).abs().mean() > 1e-3
+
+
+def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
+    """With all-black images (x0 = -1), the network's input must be N(-sqrt(abar_t), 1 - abar_t) (eq. 4): the
+    port's bug, noise scaled by sqrt(abar_t), would make it N(.., abar_t)."""
+    seen = []
+
+    class Recorder(lesson.UNet):
+        def forward(self, x, t):
+            seen.append((x.detach(), t))
+            return super().forward(x, t)
+
+    monkeypatch.setattr(lesson, "UNet", Recorder)
+    cfg = config(tmp_path, nb_epochs=1, batch_size=250, T=4)
+    alpha_bar = lesson.cosine_schedule(4)
+    lesson.train(-torch.ones(1000, 1, 28, 28), alpha_bar, cfg)
+    x, t = torch.cat([x for x, _ in seen]), torch.cat([t for _, t in seen])
+    for step in range(4):
+        pixels = x[t == step]
+        assert abs(pixels.mean() + alpha_bar[step].sqrt()) < 0.01
+        assert abs(pixels.var() / (1 - alpha_bar[step]) - 1) < 0.02
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = lesson.UNet(8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x, t = torch.randn(16, 1, 28, 28), torch.randint(0, 50, (16,))
+    eps = torch.randn_like(x)
+    losses = []
+    for _ in range(30):
+        loss = ((model(x, t) - eps) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """Two epochs straight, against a run stopped (as by Ctrl-C) after its first epoch's checkpoint and then resumed:
+    the same model, EMA, optimizer state and loss history."""
+    images = torch.rand(48, 1, 28, 28) * 2 - 1
+    alpha_bar = lesson.cosine_schedule(50)
+    torch.manual_seed(0)
+    lesson.train(images, alpha_bar, config(tmp_path / "straight"))
+
+    def save_then_stop(path, model, ema, optimizer, epoch, *rest):
+        save(path, model, ema, optimizer, epoch, *rest)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    save = lesson.save_checkpoint
+    monkeypatch.setattr(lesson, "save_checkpoint", save_then_stop)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        lesson.train(images, alpha_bar, config(tmp_path / "resumed"))
+    torch.manual_seed(123)  # a new process: the random state must come from the checkpoint
+    lesson.train(images, alpha_bar, config(tmp_path / "resumed", resume=True))
+    straight, resumed = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "resumed"))
+    assert straight["epoch"] == resumed["epoch"] == 2
+    for key in ("model", "ema"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(tensor, resumed[key][name]), (key, name)
+    for moments, other in zip(straight["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(moments[k], other[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+    assert torch.equal(straight["losses"], resumed["losses"])
+
+
+def test_resume_refuses_a_damaged_or_foreign_checkpoint(run, tmp_path, tiny_mnist):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--resume", "--out", tmp_path)
+    assert_clean_error(result, "cannot read the checkpoint", "model.pt")
+
+
+# ----------------------------------------------------------------------------- samplers, with the exact denoiser
+def exact_eps(mean, std, alpha_bar):
+    """eps*(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t) for pixels x0 ~ N(mean, std^2) each: p_t is
+    N(sqrt(abar_t) mean, abar_t std^2 + 1 - abar_t) per pixel."""
+    def eps(x, t):
+        a = alpha_bar[t].reshape(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * mean) / (a * std ** 2 + 1 - a)
+    return eps
+
+
+@pytest.mark.parametrize("sampler, steps, tolerance", [("ddpm", 1000, 0.03), ("ddim", 1000, 0.03), ("ddim", 50, 0.07)])
+def test_samplers_with_the_exact_eps_reach_the_data(sampler, steps, tolerance):
+    """With eps* the samplers must end at N(0.2, 0.3^2) per pixel. Noise scaled by beta instead of sqrt(beta), or
+    added at the last step, moves the std far outside the tolerance; so does a wrong posterior coefficient."""
+    torch.manual_seed(0)
+    alpha_bar = lesson.cosine_schedule(1000)
+    x = torch.randn(100, 1, 28, 28)
+    for x in lesson.reverse_process(exact_eps(0.2, 0.3, alpha_bar), alpha_bar, x, sampler, steps):
+        pass
+    assert abs(x.mean() - 0.2) < 0.01
+    assert abs(x.std() / 0.3 - 1) < tolerance
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_samplers_return_digits_in_range(tmp_path, sampler):
+    cfg = config(tmp_path, sampler=sampler)
+    digits = lesson.sample(lesson.UNet(8), lesson.cosine_schedule(50), 7, cfg, chunk=4)
+    assert digits.shape == (7, 28, 28) and digits.min() >= 0 and digits.max() <= 1
+
+
+# ----------------------------------------------------------------------------- the Frechet distance
+def test_frechet_distance_against_closed_forms():
+    rng = np.random.default_rng(0)
+    f1 = rng.normal(size=(500, 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]])
+    f2 = rng.normal(size=(500, 2)) @ np.array([[0.4, -0.2], [0.1, 1.2]]) + [0.5, -1.0]
+    assert abs(frechet_distance(f1, f1)) < 1e-9
+    shift = np.array([0.3, -0.4])
+    assert np.isclose(frechet_distance(f1, f1 + shift), (shift ** 2).sum())  # same covariance: |shift|^2
+    # 2x2: Tr (S1 S2)^(1/2) = sqrt(Tr(S1 S2) + 2 sqrt(det(S1 S2))), from the two eigenvalues of S1 S2
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    product = s1 @ s2
+    trace_root = np.sqrt(np.trace(product) + 2 * np.sqrt(np.linalg.det(product)))
+    expected = ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_root
+    assert np.isclose(frechet_distance(f1, f2), expected)
+    assert not np.isclose(expected, ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * np.sqrt(np.abs(product))))
+
+
+# ----------------------------------------------------------------------------- the scripts, end to end
+def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
+    out, assets = tmp_path / "out", tmp_path / "assets"
+    result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "120", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "UNet with" in result.stdout and f"wrote {out / 'model.pt'} (epoch 1)" in result.stdout
+    samples, data = np.load(out / "samples.npy"), np.load(out / "data.npy")
+    assert samples.shape == data.shape == (120, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+    assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+
+    fid = run("mnist_fid.py", "--data", tiny_mnist, "--samples", out / "samples.npy", "--lenet_epochs", "1",
+              "--out", tmp_path / "fid")
+    assert fid.returncode == 0, fid.stderr
+    for words in ("LeNet test accuracy", "floor", "x the floor", "classes 0-9"):
+        assert words in fid.stdout
+    assert (tmp_path / "fid" / "lenet.pt").exists()
+
+    video = run("mnist_UNet_video.py", "--data", tiny_mnist, "--channels", "8", "--T", "50", "--sampling_steps", "10",
+                "--n_frames", "6", "--n_shown", "4", "--checkpoint", out / "model.pt", "--assets", assets, "--out", out)
+    assert video.returncode == 0, video.stderr
+    assert (assets / "mnist_UNet.gif").stat().st_size > 0
+
+    resumed = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "8", "--resume", "--out", out)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr
+
+
+def test_video_trains_a_quick_model_without_checkpoint(run, tmp_path, tiny_mnist):
+    result = run("mnist_UNet_video.py", "--data", tiny_mnist, *TINY_UNET, "--n_frames", "4", "--n_shown", "4",
+                 "--assets", tmp_path, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mnist_UNet.gif").stat().st_size > 0
+
+
+def test_fid_refuses_bad_samples(run, tmp_path, tiny_mnist):
+    np.save(tmp_path / "wrong.npy", np.full((200, 28, 28), 2.0))
+    result = run("mnist_fid.py", "--data", tiny_mnist, "--samples", tmp_path / "wrong.npy", "--out", tmp_path)
+    assert_clean_error(result, "not all in [0, 1]")
+    assert_clean_error(run("mnist_fid.py", "--samples", tmp_path / "none.npy", "--out", tmp_path), "cannot read")
