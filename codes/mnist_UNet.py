@@ -1,26 +1,22 @@
-"""DDPM on MNIST with a small UNet: the toy lessons' Algorithms 1 and 2, now generating handwritten digits.
+"""DDPM on MNIST with a small UNet: the toy lessons' Algorithms 1 and 2 (Ho et al. 2020), now drawing digits.
 
-Ho et al. 2020: train by Algorithm 1, sample by Algorithm 2, with the cosine schedule of Nichol & Dhariwal 2021
-(eq. 17). The network is a UNet (Ronneberger et al. 2015) as in Ho et al.'s Appendix B, only much smaller: ResNet
-blocks with GroupNorm, a sinusoidal time embedding added in every block, self-attention at 7x7 and skip
-connections. Sampling uses an exponential moving average (EMA) of the weights, and DDIM (Song et al. 2021, eq. 12)
-reaches good digits in 50 steps instead of 1000.
+The cosine schedule of Nichol & Dhariwal 2021 (eq. 17); a UNet like Ho et al.'s but tiny: ResNet blocks with GroupNorm,
+a sinusoidal time embedding in every block, self-attention at 7x7, skip connections. Samples come from an exponential
+moving average (EMA) of the weights, in 100 steps instead of 1000, ancestral or DDIM (Song et al. 2021, eq. 12).
 
     python codes/mnist_UNet.py                      # about 25 min on a 2-core CPU; a checkpoint every epoch
     python codes/mnist_UNet.py --resume             # continue from outputs/mnist_UNet/model.pt
     python codes/mnist_UNet.py --n_train 2000 --nb_epochs 1 --n_samples 64   # a one-minute look
     python codes/mnist_fid.py                       # the quality number of outputs/mnist_UNet/samples.npy
 
-The data are the four MNIST IDX files in --data; missing ones are downloaded from --mirror and checked.
+The four MNIST IDX files are read from --data; missing ones are downloaded from --mirror and checked.
 """
 import copy
 import gzip
 import hashlib
 import math
 import os
-import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,19 +26,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import check, check_finite, fail, parse_config, save_figure, show_figures
+from common import check, check_finite, fail, parse_config, save_figure, save_results, show_figures
 
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
 mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
 n_train = 60000  # training images used (fewer for a quick run)
-channels = 32  # UNet width at 28x28; 64 at 14x14 and 7x7
+channels = 16  # UNet width at 28x28; twice that at 14x14 and 7x7
 T = 1000  # diffusion steps
-nb_epochs = 2  # passes over the training images
-batch_size = 128  # images per optimisation step
-lr = 1e-3  # AdamW peak learning rate: 100 warm-up steps, then a cosine down to 0
+nb_epochs = 6  # passes over the training images
+batch_size = 64  # images per optimisation step
+lr = 2e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
-sampler = "ddim"  # ddpm|ddim: ancestral (Algorithm 2) or deterministic DDIM, both on a subsequence of steps
-sampling_steps = 50  # steps of the sampler, evenly spaced over 1..T
+sampler = "ddpm"  # ddpm|ddim: ancestral (Algorithm 2) or deterministic DDIM, both on a subsequence of steps
+sampling_steps = 100  # steps of the sampler, evenly spaced over 1..T
 n_samples = 1000  # digits generated at the end
 resume = False  # continue training from --out/model.pt instead of starting afresh
 
@@ -56,27 +52,24 @@ MNIST_MD5 = {  # the files as every public mirror serves them
 
 # ----------------------------------------------------------------------------- data
 def download(folder, mirror, checksums=MNIST_MD5):
-    """Fetch each missing file into a temporary file, and rename it into place only once its MD5 matches."""
+    """Fetch each missing file (10 MB at most), check its MD5, write it to a temporary file, and only then rename it
+    into place: an interrupted or corrupted download never leaves a file that looks complete."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, md5 in checksums.items():
         if (folder / name).exists():
             continue
         print(f"downloading {mirror}{name}")
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".part", delete=False) as part:
-            try:
-                with urllib.request.urlopen(mirror + name, timeout=30) as response:
-                    digest = hashlib.md5()
-                    while block := response.read(1 << 20):
-                        digest.update(block)
-                        part.write(block)
-            except (urllib.error.URLError, OSError) as error:
-                os.unlink(part.name)
-                fail(f"cannot download {mirror}{name} ({getattr(error, 'reason', error)}). Offline? "
-                     f"Put {', '.join(checksums)} in {folder}, or pass --data with the folder that holds them")
-        if digest.hexdigest() != md5:
-            os.unlink(part.name)
-            fail(f"{name} from {mirror} has MD5 {digest.hexdigest()}, expected {md5}; nothing was saved")
-        os.replace(part.name, folder / name)
+        try:
+            with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                payload = response.read()
+        except OSError as error:  # urllib's URLError is one
+            fail(f"cannot download {mirror}{name} ({getattr(error, 'reason', error)}). Offline? "
+                 f"Put {', '.join(checksums)} in {folder}, or pass --data with the folder that holds them")
+        digest = hashlib.md5(payload).hexdigest()
+        check(digest == md5, f"{name} from {mirror} has MD5 {digest}, expected {md5}; nothing was saved")
+        part = folder / f"{name}.part"
+        part.write_bytes(payload)
+        os.replace(part, folder / name)
 
 
 def read_idx(path, shape):
@@ -116,8 +109,7 @@ def cosine_schedule(T):
 # ----------------------------------------------------------------------------- the UNet
 def time_embedding(t, dim):
     """Sinusoidal embedding of the integer step t (Vaswani et al. 2017), as in Ho et al. 2020."""
-    frequencies = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
-    angles = t[:, None].float() * frequencies  # (n, dim / 2)
+    angles = t[:, None].float() * torch.exp(-math.log(10000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
     return torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, dim)
 
 
@@ -162,9 +154,9 @@ class UNet(nn.Module):
         self.stem = nn.Conv2d(1, c, 3, padding=1)
         self.down1, self.pool1 = ResBlock(c, c, time_dim), nn.Conv2d(c, c, 3, stride=2, padding=1)
         self.down2, self.pool2 = ResBlock(c, 2 * c, time_dim), nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
-        self.mid1, self.attention, self.mid2 = ResBlock(2 * c, 2 * c, time_dim), Attention(2 * c), ResBlock(2 * c, 2 * c, time_dim)
-        self.up2 = ResBlock(4 * c, 2 * c, time_dim)
-        self.up1 = ResBlock(3 * c, c, time_dim)
+        self.mid1, self.attention = ResBlock(2 * c, 2 * c, time_dim), Attention(2 * c)
+        self.mid2 = ResBlock(2 * c, 2 * c, time_dim)
+        self.up2, self.up1 = ResBlock(4 * c, 2 * c, time_dim), ResBlock(3 * c, c, time_dim)
         self.head = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
 
     def forward(self, x, t):  # x: (n, 1, 28, 28), t: (n,) integer steps 0..T-1
@@ -178,10 +170,6 @@ class UNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training, with checkpoints
-def learning_rate(step, total, peak):
-    return peak * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
-
-
 def train(images, alpha_bar, cfg):
     """Algorithm 1 on shuffled epochs. Every epoch ends with --out/model.pt, from which --resume carries on exactly:
     the shuffling is seeded per epoch and the random state for t and eps is saved."""
@@ -198,12 +186,12 @@ def train(images, alpha_bar, cfg):
         for i, batch in enumerate(order.split(cfg.batch_size)):
             step = epoch * steps_per_epoch + i
             x0 = images[batch].to(cfg.device)  # (B, 1, 28, 28)
-            t = torch.randint(0, cfg.T, (len(batch),))  # (B,), drawn on the CPU so that resuming repeats it
-            eps = torch.randn(x0.shape)
-            t, eps, a = t.to(cfg.device), eps.to(cfg.device), alpha_bar[t].reshape(-1, 1, 1, 1).to(cfg.device)
+            t = torch.randint(0, cfg.T, (len(batch),)).to(cfg.device)  # (B,), drawn on the CPU so that resuming
+            eps = torch.randn(x0.shape).to(cfg.device)  # repeats them: the CPU's random state is in the checkpoint
+            a = alpha_bar[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
             loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)  # eq. 4 in one jump; eq. 14
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total, cfg.lr)
+            for group in optimizer.param_groups:  # 100 warm-up steps, then a cosine down to 0
+                group["lr"] = cfg.lr * min(1, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -213,19 +201,13 @@ def train(images, alpha_bar, cfg):
                     e.lerp_(p, 1 - decay)
             losses.append(loss.item())
             check_finite(losses[-1], step)
-            progress(epoch, i + 1, steps_per_epoch, losses, (time.time() - clock) / (step + 1 - start * steps_per_epoch), total - step - 1, cfg)
+            if (i + 1) % 10 == 0 or i + 1 == steps_per_epoch:  # a progress bar with the loss and the time left
+                eta = time.gmtime((time.time() - clock) / (step + 1 - start * steps_per_epoch) * (total - step - 1))
+                print(f"\repoch {epoch + 1}/{cfg.nb_epochs} [{'#' * (20 * (i + 1) // steps_per_epoch):20}] "
+                      f"loss {np.mean(losses[-50:]):.4f} ETA {time.strftime('%H:%M:%S', eta)}", end="", flush=True)
         print()
         save_checkpoint(path, model, ema, optimizer, epoch + 1, losses, cfg)
     return ema, losses
-
-
-def progress(epoch, done, per_epoch, losses, seconds_per_step, steps_left, cfg):
-    if done % 10 and done != per_epoch:
-        return
-    bar = "#" * (20 * done // per_epoch)
-    eta = time.strftime("%H:%M:%S", time.gmtime(seconds_per_step * steps_left))
-    print(f"\repoch {epoch + 1}/{cfg.nb_epochs} [{bar:20}] {done}/{per_epoch} loss {np.mean(losses[-50:]):.4f} "
-          f"ETA {eta}", end="", flush=True)
 
 
 ARCHITECTURE = ("channels", "T")  # a checkpoint only fits a model with the same values of these
@@ -247,11 +229,9 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
     except Exception as error:  # any damage: a truncated zip, a foreign pickle, a file that is not torch's
         fail(f"cannot read the checkpoint {path} ({type(error).__name__}); delete it to start afresh")
     for name in ARCHITECTURE:
-        check(state["config"][name] == getattr(cfg, name),
-              f"{path} was trained with --{name} {state['config'][name]}, not {getattr(cfg, name)}")
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
+        check(state["config"][name] == getattr(cfg, name), f"{path} was trained with --{name} {state['config'][name]}")
+    for part, name in ((model, "model"), (ema, "ema"), (optimizer, "optimizer")):
+        part.load_state_dict(state[name])
     torch.set_rng_state(state["rng"].cpu())
     print(f"resumed from {path} after epoch {state['epoch']}")
     return state["epoch"], state["losses"].tolist()
@@ -260,9 +240,9 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
 # ----------------------------------------------------------------------------- samplers
 @torch.no_grad()
 def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
-    """From x_T ~ N(0, I), yield x after each of `sampling_steps` steps t -> s on an evenly spaced subsequence of
-    T..1. x0_hat is clipped to the pixel range [-1, 1]. ddpm: draw x_s from q(x_s | x_t, x0_hat) (Ho et al. eqs.
-    6-7 with beta = 1 - abar_t / abar_s, as Nichol & Dhariwal respace); ddim: Song et al. eq. 12, eta = 0."""
+    """From x_T, yield x after each step t -> s of an evenly spaced subsequence of T..1, with x0_hat clipped to [-1, 1].
+    ddpm: x_s ~ q(x_s | x_t, x0_hat), Ho et al. eqs. 6-7 with beta = 1 - abar_t / abar_s (Nichol & Dhariwal's
+    respacing); ddim: Song et al. eq. 12, eta = 0."""
     steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps).round().long().tolist()
     for i, t in enumerate(steps):
         a_t = alpha_bar[t]
@@ -282,8 +262,8 @@ def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
 def sample(model, alpha_bar, n, cfg, chunk=500):
     """n digits as (n, 28, 28) floats in [0, 1], generated `chunk` at a time to bound the memory."""
     digits = []
-    for size in [chunk] * (n // chunk) + [n % chunk] * (n % chunk > 0):
-        x = torch.randn(size, 1, 28, 28, device=cfg.device)
+    for start in range(0, n, chunk):
+        x = torch.randn(min(chunk, n - start), 1, 28, 28, device=cfg.device)
         for x in reverse_process(model, alpha_bar, x, cfg.sampler, cfg.sampling_steps):
             pass
         digits.append(x[:, 0].cpu())
@@ -300,10 +280,9 @@ def run(cfg):
     return ema, alpha_bar, losses
 
 
-def image_grid(digits, rows):
-    """(n, 28, 28) -> one (rows * 28, columns * 28) image."""
-    columns = len(digits) // rows
-    return digits[:rows * columns].reshape(rows, columns, 28, 28).transpose(1, 2).reshape(rows * 28, columns * 28)
+def image_grid(digits, side):
+    """The first side * side digits of (n, 28, 28) as one (side * 28, side * 28) image."""
+    return digits[:side * side].reshape(side, side, 28, 28).transpose(1, 2).reshape(side * 28, side * 28)
 
 
 # ----------------------------------------------------------------------------- results
@@ -316,23 +295,15 @@ if __name__ == "__main__":
     print(f"training {training_time / 60:.1f} min; sampling {cfg.n_samples} digits ({cfg.sampler}, "
           f"{cfg.sampling_steps} steps) {(time.time() - clock) / 60:.1f} min")
     test_images = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2  # (n, 28, 28) in [0, 1]
-    np.save(cfg.out / "samples.npy", samples.numpy())
-    np.save(cfg.out / "data.npy", test_images.numpy())
-    print(f"wrote {cfg.out / 'samples.npy'} and {cfg.out / 'data.npy'}")
+    save_results(cfg.out, samples, test_images)
 
-    fig, ax = plt.subplots(figsize=(8, 8))
-    ax.imshow(image_grid(samples, min(10, math.isqrt(len(samples)))), cmap="gray")
-    ax.set(title=f"generated digits ({cfg.sampler}, {cfg.sampling_steps} steps)", xticks=[], yticks=[])
-    save_figure(fig, cfg.out / "samples.png")
+    plt.imsave(cfg.out / "samples.png", image_grid(samples, min(10, math.isqrt(len(samples)))).numpy(), cmap="gray")
+    print(f"wrote {cfg.out / 'samples.png'}, the first {min(10, math.isqrt(len(samples))) ** 2} digits")
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.semilogy(losses, alpha=0.3)
-    ax.semilogy(np.convolve(losses, np.ones(50) / 50, mode="valid"), label="mean of 50 steps")
-    ax.set(title="training loss |eps - eps_theta|^2", xlabel="step")
-    ax.legend()
+    ax.semilogy(np.convolve(losses, np.ones(50) / 50, mode="valid"))
+    ax.set(title="training loss |eps - eps_theta|^2, mean of 50 steps", xlabel="step")
     save_figure(fig, cfg.out / "loss.png")
 
-    for name, images in (("generated", samples), ("test data", test_images)):
-        print(f"{name:>9}: mean pixel {images.mean():.3f}, pixels near 0 or 1 "
-              f"{((images < 0.1) | (images > 0.9)).float().mean():.3f}")
+    print(f"mean pixel: generated {samples.mean():.3f} | test digits {test_images.mean():.3f}")
     print(f"quality: python codes/mnist_fid.py --samples {cfg.out / 'samples.npy'} (FLD <= 3x the train-vs-test floor)")
     show_figures()

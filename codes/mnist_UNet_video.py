@@ -1,10 +1,11 @@
-"""The GIF of the MNIST lesson: a grid of digits emerging from noise, x_t at each step of the reverse process.
+"""The GIF of the MNIST lesson: a grid of digits emerging from noise, x_t at each step of the reverse process; and
+a grid of 100 digits of the same model.
 
 It samples with the EMA weights of a checkpoint written by mnist_UNet.py (or, without --checkpoint, of a quick model
 trained first with the flags of mnist_UNet.py, whose values here default to a one-epoch run on 10,000 digits).
 Most frames show the last steps, where the strokes take shape; the early steps all look like noise.
 
-    python codes/mnist_UNet_video.py --checkpoint outputs/mnist_UNet/model.pt      # writes assets/mnist_UNet.gif
+    python codes/mnist_UNet_video.py --checkpoint outputs/mnist_UNet/model.pt  # assets/mnist_UNet.gif and _samples.png
 """
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def load_ema(path, cfg):
         state = torch.load(path, map_location=cfg.device, weights_only=True)
         model.load_state_dict(state["ema"])
     except Exception as error:  # a damaged file, or weights of another shape
-        fail(f"cannot load the EMA weights of --checkpoint {path} ({type(error).__name__}); were --channels and --T the same?")
+        fail(f"cannot load the EMA weights of --checkpoint {path} ({type(error).__name__}); same --channels and --T?")
     return model.eval()
 
 
@@ -43,6 +44,9 @@ if __name__ == "__main__":
     assets = writable_folder(cfg.assets, "--assets")
     alpha_bar = lesson.cosine_schedule(cfg.T).to(cfg.device)
     model = load_ema(cfg.checkpoint, cfg) if cfg.checkpoint else lesson.run(cfg)[0]
+    digits = lesson.sample(model, alpha_bar, 100, cfg)  # (100, 28, 28), the README's sample grid
+    plt.imsave(assets / "mnist_UNet_samples.png", lesson.image_grid(digits, 10).numpy(), cmap="gray")
+    print(f"wrote {assets / 'mnist_UNet_samples.png'}")
 
     x = torch.randn(cfg.n_shown, 1, 28, 28, device=cfg.device)  # x_T
     trajectory = [x] + list(lesson.reverse_process(model, alpha_bar, x, "ddim", cfg.sampling_steps))

@@ -115,8 +115,9 @@ def report(model, named_samples, cfg):
     (train_x, _), (test_x, _) = mnist(cfg, "train"), mnist(cfg, "t10k")
     reference = features(model, test_x)
     n = len(next(iter(named_samples.values())))
-    floor = frechet_distance(features(model, train_x[torch.randperm(len(train_x))[:n]]), reference)
-    noise = (train_x.mean() + train_x.std() * torch.randn(n, 28, 28)).clamp(0, 1)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the same reference rows whether or not LeNet was trained
+    floor = frechet_distance(features(model, train_x[torch.randperm(len(train_x), generator=generator)[:n]]), reference)
+    noise = (train_x.mean() + train_x.std() * torch.randn(n, 28, 28, generator=generator)).clamp(0, 1)
     print(f"FLD against the {len(test_x)} test digits, n = {n}:")
     print(f"  {'real training digits (floor)':<32} {floor:9.2f}")
     print(f"  {'noise with their pixel stats':<32} {frechet_distance(features(model, noise), reference):9.2f}")

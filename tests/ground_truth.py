@@ -38,3 +38,11 @@ def assert_modes(x, means, std, share_tolerance, max_off_mode, std_tolerance):
     assert ((shares - 1 / len(means)).abs() <= share_tolerance).all(), shares
     assert off_mode <= max_off_mode, off_mode
     assert ((stds / std - 1).abs() <= std_tolerance).all(), stds
+
+
+def gaussian_step_posterior(prior_mean, prior_var, x_t, beta):
+    """Bayes' rule for x_{t-1} ~ N(prior_mean, prior_var) and x_t | x_{t-1} ~ N(sqrt(1 - beta) x_{t-1}, beta):
+    the mean and variance of x_{t-1} | x_t. With prior N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1}) it is q(x_{t-1} | x_t, x0);
+    with the marginal of Gaussian data it is the exact reverse step."""
+    var = 1 / (1 / prior_var + (1 - beta) / beta)
+    return var * (prior_mean / prior_var + (1 - beta) ** 0.5 * x_t / beta), var

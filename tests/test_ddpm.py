@@ -9,7 +9,7 @@ import detailed_DDPM
 import multimodal_DDPM
 import simple_DDPM
 import single_DDPM
-from ground_truth import assert_modes, mixture_denoiser
+from ground_truth import assert_modes, gaussian_step_posterior, mixture_denoiser
 
 
 def exact_eps(means, std, alpha_bar):
@@ -54,9 +54,7 @@ def test_posterior_coefficients_match_bayes_rule():
     betas, alphas, alpha_bar = (v.double() for v in single_DDPM.noise_schedule(100, 0.01, 30.0))
     x0, x_t = torch.tensor(0.7, dtype=torch.float64), torch.tensor(-0.4, dtype=torch.float64)
     for t in (1, 10, 60, 99):
-        prior_var = 1 - alpha_bar[t - 1]  # x_{t-1} | x0 ~ N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1})
-        var = 1 / (1 / prior_var + alphas[t] / betas[t])  # x_t | x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t)
-        mean = var * (alpha_bar[t - 1].sqrt() * x0 / prior_var + alphas[t].sqrt() * x_t / betas[t])
+        mean, var = gaussian_step_posterior(alpha_bar[t - 1].sqrt() * x0, 1 - alpha_bar[t - 1], x_t, betas[t])
         eps = (x_t - alpha_bar[t].sqrt() * x0) / (1 - alpha_bar[t]).sqrt()
         sampler_mean = (x_t - betas[t] / (1 - alpha_bar[t]).sqrt() * eps) / alphas[t].sqrt()  # eq. 11
         assert sampler_mean.item() == pytest.approx(mean.item(), rel=1e-3)  # float32 schedule

@@ -24,6 +24,7 @@ SCRIPTS = {
     "spiral_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["spiral_DDPM.png"], []),
     "spiral_DDPM_video.py": (TINY_DDPM + ["--n_frames", "4", "--n_shown", "50"], [], ["spiral_DDPM.gif", "spiral_forward.png"]),
     "ddpm_coefficients.py": (["--T", "50"], [], ["ddpm_coefficients.png"]),
+    "nonequilibrium_2015.py": (TINY_DDPM, ["bound.png"], ["nonequilibrium_2015.png"]),
 }
 NO_SAMPLES = {"ddpm_coefficients.py"}  # it plots the schedule; nothing is sampled
 NOT_LESSONS = {"common.py"}

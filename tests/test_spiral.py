@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import spiral_DDPM
-from ground_truth import assert_modes
+from ground_truth import assert_modes, gaussian_step_posterior
 from test_ddpm import exact_eps
 
 
@@ -56,9 +56,7 @@ def test_posterior_matches_bayes_rule(name):
     betas, alphas, alpha_bar = (v.double() for v in spiral_DDPM.make_schedule(name, 1000))
     x0, x_t = 0.8, -0.2
     for t in (1, 10, 300, 998):
-        prior_var = 1 - alpha_bar[t - 1]  # x_{t-1} | x0 ~ N(sqrt(abar_{t-1}) x0, 1 - abar_{t-1})
-        var = 1 / (1 / prior_var + alphas[t] / betas[t])  # x_t | x_{t-1} ~ N(sqrt(alpha_t) x_{t-1}, beta_t)
-        mean = var * (alpha_bar[t - 1].sqrt() * x0 / prior_var + alphas[t].sqrt() * x_t / betas[t])
+        mean, var = gaussian_step_posterior(alpha_bar[t - 1].sqrt() * x0, 1 - alpha_bar[t - 1], x_t, betas[t])
         coef_x0, coef_xt, variance = spiral_DDPM.posterior(t, betas, alphas, alpha_bar)
         assert (coef_x0 * x0 + coef_xt * x_t).item() == pytest.approx(mean.item(), rel=1e-3)  # float32 schedule
         assert variance.item() == pytest.approx(var.item(), rel=1e-3)
