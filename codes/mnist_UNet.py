@@ -170,26 +170,29 @@ class UNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------- training, with checkpoints
-def train(images, alpha_bar, cfg):
-    """Algorithm 1 on shuffled epochs. Every epoch ends with --out/model.pt, from which --resume carries on exactly:
-    the shuffling is seeded per epoch and the random state for t and eps is saved."""
+def ddpm_loss(model, x0, alpha_bar, cfg):
+    """Algorithm 1: |eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)|^2 (eq. 4 in one jump; eq. 14). t and
+    eps are drawn on the CPU, whose random state the checkpoint keeps, so that --resume draws the same ones."""
+    t, eps = torch.randint(0, cfg.T, (len(x0),)).to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
+    a = alpha_bar[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)
+
+
+def train(images, loss_fn, cfg):
+    """Gradient steps on loss_fn(model, x0) over shuffled epochs. Every epoch ends with --out/model.pt, from which
+    --resume carries on exactly: the shuffling is seeded per epoch and the random state is saved."""
     model = UNet(cfg.channels).to(cfg.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start, losses, path = 0, [], cfg.out / "model.pt"
-    if cfg.resume:
-        start, losses = load_checkpoint(path, model, ema, optimizer, cfg)
+    path = cfg.out / "model.pt"
+    start, losses = load_checkpoint(path, model, ema, optimizer, cfg) if cfg.resume else (0, [])
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     total, clock = cfg.nb_epochs * steps_per_epoch, time.time()
     for epoch in range(start, cfg.nb_epochs):
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         for i, batch in enumerate(order.split(cfg.batch_size)):
             step = epoch * steps_per_epoch + i
-            x0 = images[batch].to(cfg.device)  # (B, 1, 28, 28)
-            t = torch.randint(0, cfg.T, (len(batch),)).to(cfg.device)  # (B,), drawn on the CPU so that resuming
-            eps = torch.randn(x0.shape).to(cfg.device)  # repeats them: the CPU's random state is in the checkpoint
-            a = alpha_bar[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
-            loss = F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)  # eq. 4 in one jump; eq. 14
+            loss = loss_fn(model, images[batch].to(cfg.device))
             for group in optimizer.param_groups:  # 100 warm-up steps, then a cosine down to 0
                 group["lr"] = cfg.lr * min(1, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             optimizer.zero_grad()
@@ -210,13 +213,13 @@ def train(images, alpha_bar, cfg):
     return ema, losses
 
 
-ARCHITECTURE = ("channels", "T")  # a checkpoint only fits a model with the same values of these
+ARCHITECTURE = ("channels", "T")  # a checkpoint only fits a model with the same values of these (if cfg has them)
 
 
 def save_checkpoint(path, model, ema, optimizer, epoch, losses, cfg):
     state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
              "epoch": epoch, "losses": torch.tensor(losses), "rng": torch.get_rng_state(),
-             "config": {name: getattr(cfg, name) for name in ARCHITECTURE}}
+             "config": {name: getattr(cfg, name, None) for name in ARCHITECTURE}}
     torch.save(state, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)  # an interrupted save never leaves half a checkpoint
     print(f"wrote {path} (epoch {epoch})")
@@ -228,8 +231,8 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
         state = torch.load(path, map_location=cfg.device, weights_only=True)  # tensors and numbers only, no code
     except Exception as error:  # any damage: a truncated zip, a foreign pickle, a file that is not torch's
         fail(f"cannot read the checkpoint {path} ({type(error).__name__}); delete it to start afresh")
-    for name in ARCHITECTURE:
-        check(state["config"][name] == getattr(cfg, name), f"{path} was trained with --{name} {state['config'][name]}")
+    for name, value in state["config"].items():
+        check(value == getattr(cfg, name, None), f"{path} was trained with --{name} {value}")
     for part, name in ((model, "model"), (ema, "ema"), (optimizer, "optimizer")):
         part.load_state_dict(state[name])
     torch.set_rng_state(state["rng"].cpu())
@@ -240,9 +243,8 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
 # ----------------------------------------------------------------------------- samplers
 @torch.no_grad()
 def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
-    """From x_T, yield x after each step t -> s of an evenly spaced subsequence of T..1, with x0_hat clipped to [-1, 1].
-    ddpm: x_s ~ q(x_s | x_t, x0_hat), Ho et al. eqs. 6-7 with beta = 1 - abar_t / abar_s (Nichol & Dhariwal's
-    respacing); ddim: Song et al. eq. 12, eta = 0."""
+    """From x_T, yield x after each step t -> s on evenly spaced steps of T..1, x0_hat clipped to [-1, 1]. ddpm:
+    x_s ~ q(x_s | x_t, x0_hat), eqs. 6-7, beta = 1 - abar_t / abar_s (Nichol & Dhariwal); ddim: Song et al. eq. 12."""
     steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps).round().long().tolist()
     for i, t in enumerate(steps):
         a_t = alpha_bar[t]
@@ -276,7 +278,7 @@ def run(cfg):
     alpha_bar = cosine_schedule(cfg.T).to(cfg.device)
     print(f"{len(images)} training images; abar_T = {alpha_bar[-1].item():.1e}; UNet with "
           f"{sum(p.numel() for p in UNet(cfg.channels).parameters()):,} parameters; device {cfg.device}")
-    ema, losses = train(images, alpha_bar, cfg)
+    ema, losses = train(images, lambda model, x0: ddpm_loss(model, x0, alpha_bar, cfg), cfg)
     return ema, alpha_bar, losses
 
 

@@ -148,11 +148,11 @@ if __name__ == "__main__":
     save_results(cfg.out, samples, data)
 
     fig, axes = plt.subplots(2, 3, figsize=(12, 8))
-    for ax, t in zip(axes[0], [0, cfg.T // 2, cfg.T]):
+    for ax, t in zip(axes[0], [0, cfg.T // 4, cfg.T]):
         a = alpha_bar[t - 1] if t else torch.tensor(1.0)
         ax.scatter(*(a.sqrt() * data + (1 - a).sqrt() * torch.randn_like(data)).T, s=1, alpha=0.3)
         ax.set(title=f"forward: q(x_t), t = {t}")
-    for ax, t in zip(axes[1], [cfg.T, cfg.T // 2, 0]):
+    for ax, t in zip(axes[1], [cfg.T, cfg.T // 4, 0]):
         ax.scatter(*trajectory[cfg.T - t].T, s=1, alpha=0.3, color="C1")
         ax.set(title=f"reverse: p(x_t), t = {t}")
     for ax in axes.flat:

@@ -18,7 +18,7 @@ from conftest import write_idx
 from mnist_fid import frechet_distance
 from test_cli import assert_clean_error
 
-MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py")  # smoke-run here, on tiny data
+MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py")  # smoke-run here
 TINY_UNET = ["--n_train", "64", "--channels", "8", "--T", "50", "--nb_epochs", "1", "--batch_size", "32",
              "--sampling_steps", "5"]
 
@@ -136,7 +136,7 @@ def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
     monkeypatch.setattr(lesson, "UNet", Recorder)
     cfg = config(tmp_path, nb_epochs=1, batch_size=250, T=4)
     alpha_bar = lesson.cosine_schedule(4)
-    lesson.train(-torch.ones(1000, 1, 28, 28), alpha_bar, cfg)
+    lesson.train(-torch.ones(1000, 1, 28, 28), lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, cfg), cfg)
     x, t = torch.cat([x for x, _ in seen]), torch.cat([t for _, t in seen])
     for step in range(4):
         pixels = x[t == step]
@@ -165,8 +165,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     the same model, EMA, optimizer state and loss history."""
     images = torch.rand(48, 1, 28, 28) * 2 - 1
     alpha_bar = lesson.cosine_schedule(50)
+    loss = lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, config(tmp_path))
     torch.manual_seed(0)
-    lesson.train(images, alpha_bar, config(tmp_path / "straight"))
+    lesson.train(images, loss, config(tmp_path / "straight"))
 
     def save_then_stop(path, model, ema, optimizer, epoch, *rest):
         save(path, model, ema, optimizer, epoch, *rest)
@@ -177,9 +178,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(lesson, "save_checkpoint", save_then_stop)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        lesson.train(images, alpha_bar, config(tmp_path / "resumed"))
+        lesson.train(images, loss, config(tmp_path / "resumed"))
     torch.manual_seed(123)  # a new process: the random state must come from the checkpoint
-    lesson.train(images, alpha_bar, config(tmp_path / "resumed", resume=True))
+    lesson.train(images, loss, config(tmp_path / "resumed", resume=True))
     straight, resumed = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "resumed"))
     assert straight["epoch"] == resumed["epoch"] == 2
     for key in ("model", "ema"):
@@ -267,6 +268,17 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
 
     resumed = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "8", "--resume", "--out", out)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr
+
+
+def test_reinjection_end_to_end(run, tmp_path, tiny_mnist):
+    result = run("mnist_reinjection.py", "--data", tiny_mnist, "--n_train", "64", "--channels", "8", "--nb_epochs", "1",
+                 "--batch_size", "32", "--sigma_max", "2", "--alpha", "0.3", "--n_samples", "20",
+                 "--assets", tmp_path / "assets", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    for words in ("beta = 0 ", "beta = 0.1 ", "x the floor", "wrote"):
+        assert words in result.stdout
+    assert np.load(tmp_path / "out" / "samples.npy").shape == (20, 28, 28)
+    assert (tmp_path / "assets" / "mnist_reinjection.png").stat().st_size > 0
 
 
 def test_video_trains_a_quick_model_without_checkpoint(run, tmp_path, tiny_mnist):

@@ -1,0 +1,112 @@
+"""Noise reinjection on MNIST: the "simple diffusion model" of the seed documents, with a number for "it helps".
+
+A denoiser conditioned on the noise level sigma (not on a step t) predicts the noise eps of x = x0 + sigma eps,
+trained on sigma drawn log-uniformly in [sigma_min, sigma_max]. Sampling starts at x ~ N(0, sigma_max^2 I) and
+repeats, until sigma < sigma_min,
+    x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,     z ~ N(0, I)
+    sigma <- sigma sqrt((1 - alpha)^2 + beta^2)
+Each step removes a fraction alpha of the predicted noise and puts back fresh noise of std beta sigma. If eps_hat
+were the noise itself, (1 - alpha) sigma of it would be left, and independent noise adds in quadrature: hence the
+recursion, a geometric decay. beta = 0 is a deterministic sampler; beta > 0 lets the fresh noise correct the
+denoiser's mistakes (like the churn of Karras et al. 2022). The lesson trains once and samples both ways, from the
+same starting noise, and prints the Frechet LeNet Distance (FLD, see mnist_fid.py) of each.
+
+    python codes/mnist_reinjection.py        # about 25 min on a 2-core CPU; writes assets/mnist_reinjection.png
+"""
+import math
+from argparse import Namespace
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import mnist_fid
+from common import check, parse_config, save_figure, save_results, show_figures, writable_folder
+from mnist_UNet import image_grid, load_mnist, train
+
+data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
+mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
+n_train = 60000  # training images used (fewer for a quick run)
+channels = 16  # UNet width at 32x32; twice that at 16x16 and 8x8
+sigma_min = 0.01  # smallest noise level, in units of the pixel range [-1, 1]
+sigma_max = 40.0  # largest noise level: N(0, sigma_max^2) hides the digits completely
+sigma_data = 1.0  # about the RMS of the pixels; the network sees x / sqrt(sigma^2 + sigma_data^2)
+nb_epochs = 4  # passes over the training images
+batch_size = 64  # images per optimisation step
+lr = 2e-3  # AdamW peak learning rate
+ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
+alpha = 0.15  # fraction of the predicted noise removed per step
+beta = 0.1  # std of the reinjected noise, in units of sigma (the ablation also runs beta = 0)
+n_samples = 1000  # digits generated with each beta
+resume = False  # continue training from --out/model.pt instead of starting afresh
+assets = "assets"  # folder for the ablation grid that the README shows
+
+
+# ----------------------------------------------------------------------------- data: MNIST padded to 32x32
+def padded_mnist(cfg, split, n=None):
+    images, _ = load_mnist(cfg.data, split, cfg.mirror, n)  # (n, 1, 28, 28) in [-1, 1]
+    return F.pad(images, (2, 2, 2, 2), value=-1.0)  # (n, 1, 32, 32): a black border, as the seed's 32x32
+
+
+# ----------------------------------------------------------------------------- the sigma-conditioned denoiser
+def predict_noise(model, x, sigma, cfg):
+    """eps_hat(x, sigma) from the lesson's UNet: it sees x / sqrt(sigma^2 + sigma_data^2), of unit scale at every
+    sigma (Karras et al.'s c_in), and log sigma mapped onto [0, 1000], the range its sinusoidal embedding expects."""
+    level = 1000 * (sigma.log() - math.log(cfg.sigma_min)) / math.log(cfg.sigma_max / cfg.sigma_min)  # (n,)
+    return model(x / (sigma ** 2 + cfg.sigma_data ** 2).sqrt().reshape(-1, 1, 1, 1), level)
+
+
+def reinjection_loss(model, x0, cfg):
+    """|eps - eps_hat(x0 + sigma eps, sigma)|^2 with log sigma uniform; drawn on the CPU, as --resume expects."""
+    log_sigma = math.log(cfg.sigma_min) + torch.rand(len(x0)) * math.log(cfg.sigma_max / cfg.sigma_min)
+    sigma, eps = log_sigma.exp().to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
+    return F.mse_loss(predict_noise(model, x0 + sigma.reshape(-1, 1, 1, 1) * eps, sigma, cfg), eps)
+
+
+# ----------------------------------------------------------------------------- the sampler
+@torch.no_grad()
+def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min):
+    """From x ~ N(0, sigma_max^2 I), yield (x, sigma) after each step of the update in the docstring at the top."""
+    sigma = sigma_max
+    while sigma > sigma_min:
+        eps = eps_hat(x, torch.full((len(x),), sigma, device=x.device))
+        x = x - alpha * sigma * eps + beta * sigma * torch.randn_like(x)
+        sigma = sigma * math.sqrt((1 - alpha) ** 2 + beta ** 2)
+        yield x, sigma
+
+
+def generate(model, x, beta, cfg, chunk=500):
+    """Digits (n, 28, 28) in [0, 1], cropped back from 32x32."""
+    digits = []
+    for start in range(0, len(x), chunk):
+        for x_k, _ in reinjection_sampler(lambda x, s: predict_noise(model, x, s, cfg), x[start:start + chunk],
+                                          cfg.alpha, beta, cfg.sigma_max, cfg.sigma_min):
+            pass
+        digits.append(x_k[:, 0, 2:30, 2:30].cpu())
+    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- results
+if __name__ == "__main__":
+    cfg = parse_config(__doc__, __file__)
+    check(cfg.sigma_min < cfg.sigma_max and cfg.alpha < 1, "need --sigma_min < --sigma_max and --alpha < 1")
+    check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
+    assets = writable_folder(cfg.assets, "--assets")
+    images = padded_mnist(cfg, "train", cfg.n_train)
+    ema, losses = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg)
+    x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 32, 32, device=cfg.device)  # the same noise for both
+    samples = {beta: generate(ema, x_start, beta, cfg) for beta in (0.0, cfg.beta)}
+    test_digits = (padded_mnist(cfg, "t10k", cfg.n_samples)[:, 0, 2:30, 2:30] + 1) / 2
+    save_results(cfg.out, samples[cfg.beta], test_digits)
+
+    fid_cfg = Namespace(data=cfg.data, mirror=cfg.mirror, out=cfg.out, seed=cfg.seed,  # LeNet cached in --out
+                        lenet_epochs=2, batch_size=128, lr=1e-3)
+    lenet, accuracy = mnist_fid.load_classifier(fid_cfg)
+    print(f"LeNet test accuracy {accuracy:.2%}")
+    scores = mnist_fid.report(lenet, {f"beta = {beta:g}": digits for beta, digits in samples.items()}, fid_cfg)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+    for ax, (beta, digits) in zip(axes, samples.items()):
+        ax.imshow(image_grid(digits, min(8, math.isqrt(len(digits)))), cmap="gray")
+        ax.set(title=f"beta = {beta:g}: FLD {scores[f'beta = {beta:g}']:.1f}", xticks=[], yticks=[])
+    save_figure(fig, assets / "mnist_reinjection.png")
+    show_figures()
