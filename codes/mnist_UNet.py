@@ -4,7 +4,7 @@ The cosine schedule of Nichol & Dhariwal 2021 (eq. 17); a UNet like Ho et al.'s 
 a sinusoidal time embedding in every block, self-attention at 7x7, skip connections. Samples come from an exponential
 moving average (EMA) of the weights, in 100 steps instead of 1000, ancestral or DDIM (Song et al. 2021, eq. 12).
 
-    python codes/mnist_UNet.py                      # about 25 min on a 2-core CPU; a checkpoint every epoch
+    python codes/mnist_UNet.py                      # 23 min on a 2-core CPU; a checkpoint every epoch
     python codes/mnist_UNet.py --resume             # continue from outputs/mnist_UNet/model.pt
     python codes/mnist_UNet.py --n_train 2000 --nb_epochs 1 --n_samples 64   # a one-minute look
     python codes/mnist_fid.py                       # the quality number of outputs/mnist_UNet/samples.npy

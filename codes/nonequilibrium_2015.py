@@ -8,7 +8,7 @@ p(x_{t-1} | x_t) = N(mu(x_t, t), diag(v(x_t, t))), both the mean and the varianc
 KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) that is computed in closed form, printed in nats. Ho et al. 2020 later
 kept this bound and fixed the variance; here you see the original.
 
-    python codes/nonequilibrium_2015.py        # about 1.5 min on a 2-core CPU; writes assets/nonequilibrium_2015.png
+    python codes/nonequilibrium_2015.py        # 54 s on a 2-core CPU; writes assets/nonequilibrium_2015.png
 """
 import math
 
