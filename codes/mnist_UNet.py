@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import check, check_finite, fail, parse_config, save_figure, save_results, show_figures
+from common import check, check_finite, fail, parse_config, save_figure, save_results, show_figures, writable_folder
 
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
 mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
@@ -54,10 +54,10 @@ MNIST_MD5 = {  # the files as every public mirror serves them
 def download(folder, mirror, checksums=MNIST_MD5):
     """Fetch each missing file (10 MB at most), check its MD5, write it to a temporary file, and only then rename it
     into place: an interrupted or corrupted download never leaves a file that looks complete."""
-    folder.mkdir(parents=True, exist_ok=True)
     for name, md5 in checksums.items():
         if (folder / name).exists():
             continue
+        writable_folder(folder, "--data")  # a file is missing, so the folder must take it
         print(f"downloading {mirror}{name}")
         try:
             with urllib.request.urlopen(mirror + name, timeout=30) as response:

@@ -90,10 +90,11 @@ def generate(model, x, beta, cfg, chunk=500):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
     check(cfg.sigma_min < cfg.sigma_max and cfg.alpha < 1, "need --sigma_min < --sigma_max and --alpha < 1")
+    check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with beta = 0, got {cfg.beta}")
     check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
     assets = writable_folder(cfg.assets, "--assets")
     images = padded_mnist(cfg, "train", cfg.n_train)
-    ema, losses = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg)
+    ema, _ = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg)
     x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 32, 32, device=cfg.device)  # the same noise for both
     samples = {beta: generate(ema, x_start, beta, cfg) for beta in (0.0, cfg.beta)}
     test_digits = (padded_mnist(cfg, "t10k", cfg.n_samples)[:, 0, 2:30, 2:30] + 1) / 2

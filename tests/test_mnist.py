@@ -105,6 +105,13 @@ def test_offline_gives_one_clear_line(run, tmp_path):
     assert list((tmp_path / "data").iterdir()) == []
 
 
+def test_unwritable_data_folder_gives_one_clear_line(run, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a folder cannot be made inside a file, even by root
+    result = run("mnist_UNet.py", "--data", blocker / "MNIST", "--out", tmp_path / "out")
+    assert_clean_error(result, "cannot write to --data")
+
+
 # ----------------------------------------------------------------------------- schedule, UNet, training
 def test_cosine_schedule_follows_its_formula():
     alpha_bar = lesson.cosine_schedule(1000).double()

@@ -39,5 +39,7 @@ def test_denoiser_sees_unit_scale_and_sigma():
     assert (small - large).abs().mean() > 1e-3  # the network is told sigma
 
 
-def test_a_sampler_that_never_ends_is_refused(run, tmp_path):
-    assert_clean_error(run("mnist_reinjection.py", "--alpha", "0.05", "--beta", "0.5", "--out", tmp_path), "sigma never")
+@pytest.mark.parametrize("args, words", [(["--alpha", "0.05", "--beta", "0.5"], ["sigma never"]),
+                                         (["--beta", "0"], ["--beta must be positive"])])
+def test_bad_sampler_settings_are_refused(run, tmp_path, args, words):
+    assert_clean_error(run("mnist_reinjection.py", *args, "--out", tmp_path), *words)
