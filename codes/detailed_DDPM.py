@@ -7,7 +7,7 @@ the network of single_DDPM.py (every flag of that lesson works here too), runs i
 compares the histogram of x_t with q(x_t): it prints their 1D Wasserstein distance, in units of the std of
 q(x_t), and renders assets/detailed_DDPM.gif. The bottom panel of each frame zooms on the target.
 
-    python codes/detailed_DDPM.py              # about 40 s on a 2-core CPU
+    python codes/detailed_DDPM.py              # about 28 s on a 2-core CPU
 """
 import math
 
@@ -20,6 +20,7 @@ from common import figure_to_frame, parse_config, save_results, writable_folder,
 
 assets = "assets"  # folder for the GIF that the README shows
 n_frames = 40  # noise levels shown and measured, evenly spaced in t
+n_samples = 2000  # samples in each histogram (single_DDPM.py draws 5000; 1000 steps of 2000 are 2.5x cheaper)
 
 
 def exact_marginal(t, alpha_bar, cfg):
@@ -41,7 +42,7 @@ def frame(x, t, mean, std, distance, cfg):
     zoom = (cfg.mu_data - 6 * cfg.sigma_data, cfg.mu_data + 6 * cfg.sigma_data)
     for ax, (low, high), top in ((ax_full, (-3.5, 3.5), 1.0), (ax_zoom, zoom, 48.0)):
         grid = np.linspace(low, high, 300)
-        ax.hist(x, bins=80, range=(low, high), density=True, alpha=0.6, label="model samples x_t")
+        ax.hist(x, bins=80, range=(low, high), density=True, histtype="stepfilled", alpha=0.6, label="model samples x_t")
         ax.plot(grid, np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)), "k", lw=1,
                 label="exact q(x_t)")
         ax.set(xlim=(low, high), ylim=(0, top), yticks=[])

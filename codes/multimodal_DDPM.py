@@ -5,7 +5,7 @@ One network eps_theta(x_t, t) is trained once (Algorithm 1); the samplers differ
 an earlier s: ancestral sampling draws x_s from the posterior q(x_s | x_t, x0_hat), adding fresh noise; DDIM moves
 deterministically, keeping the predicted noise. Both can visit a subsequence of t; the figure shows the cost.
 
-    python codes/multimodal_DDPM.py                       # ancestral, all T steps; about 40 s on a 2-core CPU
+    python codes/multimodal_DDPM.py                       # ancestral, all T steps; about 27 s on a 2-core CPU
     python codes/multimodal_DDPM.py --sampler ddim --sampling_steps 50
 """
 import math
@@ -13,21 +13,22 @@ import math
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from common import check, check_finite, parse_config, save_figure, save_results, show_figures, writable_folder
 
 sigma_data = 0.01  # std of each of the four Gaussians at (+-1, +-1)
-T = 1000  # diffusion steps of training
-sigma_min = 0.001  # noise-to-signal ratio sqrt((1 - abar_t) / abar_t) at t = 1, far below sigma_data
-sigma_max = 100.0  # noise-to-signal ratio at t = T: abar_T ~ 1e-4, so x_T ~ N(0, I)
-hidden = 128  # width of the network's hidden layers
+T = 500  # diffusion steps of training
+sigma_min = 0.002  # noise-to-signal ratio sqrt((1 - abar_t) / abar_t) at t = 1, far below sigma_data
+sigma_max = 20.0  # noise-to-signal ratio at t = T: abar_T = 0.0025, so x_T ~ N(0, I)
+hidden = 96  # width of the network's hidden layers
 n_frequencies = 7  # Fourier features of the input at frequencies 2^k pi, k < n_frequencies
-nb_epochs = 3000  # training iterations, each on a fresh batch
+nb_epochs = 2000  # training iterations, each on a fresh batch
 batch_size = 1024  # samples per training iteration
-lr = 2e-3  # Adam learning rate, annealed to 0 along a cosine
+lr = 8e-3  # Adam learning rate, annealed to 0 along a cosine
 sampler = "ddpm"  # ddpm|ddim: ancestral sampling (Algorithm 2) or deterministic DDIM (eta = 0)
-sampling_steps = 1000  # steps the sampler takes, on an evenly spaced subsequence of 1..T
-n_samples = 5000  # samples generated at the end
+sampling_steps = 500  # steps the sampler takes, on an evenly spaced subsequence of 1..T
+n_samples = 4000  # samples generated at the end
 n_curve = 2000  # samples per point of the quality-against-steps curve
 assets = "assets"  # folder for the quality-against-steps figure that the README shows
 
@@ -49,20 +50,31 @@ def noise_schedule(T, sigma_min, sigma_max):
 
 # ----------------------------------------------------------------------------- network
 class EpsModel(nn.Module):
-    """eps_theta(x_t, t): one MLP for every step, told t / T, plus Fourier features sin(2^k pi x), cos(2^k pi x) of x_t
-    (Tancik et al. 2020): modes 200 times narrower than their spacing came out 20-35% too wide without them."""
+    """eps_theta(x_t, t): one MLP for every step. It sees x_t and Fourier features sin(2^k pi x), cos(2^k pi x) of it
+    (Tancik et al. 2020): modes 200 times narrower than their spacing came out 20-35% too wide without them. The time
+    step scales and shifts the hidden features (FiLM, the "AdaGN" of Nichol & Dhariwal 2021): the switch between
+    two modes gets ten times steeper from sigma = 1 to 0.3, and with t only as an input DDIM left 3-5% of the samples
+    stranded between modes (measured)."""
 
     def __init__(self, dim, hidden, T, n_frequencies):
         super().__init__()
         self.T = T
         self.register_buffer("frequencies", 2.0 ** torch.arange(n_frequencies) * math.pi)  # (K,)
-        width = dim * (1 + 2 * n_frequencies) + 1
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.register_buffer("time_frequencies", torch.arange(1, 9) * math.pi)  # (8,)
+        self.input = nn.Linear(dim * (1 + 2 * n_frequencies) + 1, hidden)
+        self.film = nn.Linear(17, 4 * hidden)  # t -> scale and shift of both hidden layers
+        self.hidden = nn.ModuleList([nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)])
+        self.output = nn.Linear(hidden, dim)
 
     def forward(self, x, t):  # x: (n, dim), t: (n,) integer steps 0..T-1
         angles = (x[:, :, None] * self.frequencies).flatten(1)  # (n, dim * K)
-        return self.net(torch.cat([x, angles.sin(), angles.cos(), t[:, None].float() / self.T], dim=1))
+        s = t[:, None].float() / self.T  # (n, 1)
+        time = torch.cat([s, (s * self.time_frequencies).sin(), (s * self.time_frequencies).cos()], dim=1)  # (n, 17)
+        film = self.film(time).chunk(4, dim=1)  # 4 x (n, hidden)
+        h = F.silu(self.input(torch.cat([x, angles.sin(), angles.cos(), s], dim=1)))  # (n, hidden)
+        for layer, scale, shift in zip(self.hidden, film[::2], film[1::2]):
+            h = F.silu(layer(h) * (1 + scale) + shift)
+        return self.output(h)
 
 
 # ----------------------------------------------------------------------------- training
@@ -144,10 +156,10 @@ if __name__ == "__main__":
     # Quality against sampling steps, same network, both samplers, measured against fresh data.
     step_counts = sorted(k for k in {5, 10, 20, 50, cfg.T} if k <= cfg.T)  # a sampler cannot take more than T steps
     floor = mode_error(data[:cfg.n_curve], cfg.sigma_data)  # the same measure on fresh data: its sampling noise
-    curves = {}
-    for name in ("ddpm", "ddim"):
-        curves[name] = [mode_error(sample(model, alpha_bar, torch.randn_like(data[:cfg.n_curve]), name, k)[-1], cfg.sigma_data)
-                        for k in step_counts]
+    noise = torch.randn_like(data[:cfg.n_curve])  # one x_T for every point: the curves differ by sampler, not by draw
+    curves = {name: [mode_error(sample(model, alpha_bar, noise, name, k)[-1], cfg.sigma_data) for k in step_counts]
+              for name in ("ddpm", "ddim")}
+    for name in curves:
         print(f"{name}: mode error at {step_counts} steps: "
               + " ".join(f"{v:.4f}" for v in curves[name]) + f" (data floor {floor:.4f})")
     if 50 in step_counts:

