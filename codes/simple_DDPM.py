@@ -106,6 +106,7 @@ def sample(eps_model, betas, alphas, alpha_bar, x):
 
 def run(cfg):
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
+    check(cfg.batch_size >= 2, "--batch_size must be at least 2: each network's BatchNorm standardises a batch")
     betas, alphas, alpha_bar = (v.to(cfg.device) for v in noise_schedule(cfg.T, cfg.sigma_min, cfg.sigma_max))
     model = EpsModels(1, cfg.hidden, cfg.T).to(cfg.device)
     start = time.perf_counter()

@@ -66,3 +66,7 @@ def test_bad_sampler_settings_give_one_line(run, tmp_path, args, words):
 ])
 def test_bad_spiral_settings_give_one_line(run, tmp_path, args, words):
     assert_clean_error(run("spiral_DDPM.py", *args, "--out", tmp_path), *words)
+
+
+def test_per_step_batchnorm_needs_two_samples(run, tmp_path):
+    assert_clean_error(run("simple_DDPM.py", "--batch_size", "1", "--out", tmp_path), "--batch_size", "BatchNorm")
