@@ -12,7 +12,7 @@ denoiser's mistakes (like the churn of Karras et al. 2022). After the stop, one 
 removes the last sigma_min of noise (the final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains
 once and samples both ways, from the same starting noise, and prints the Frechet LeNet Distance (FLD) of each.
 
-    python codes/mnist_reinjection.py        # 27 min on a 2-core CPU; writes assets/mnist_reinjection.png
+    python codes/mnist_reinjection.py        # 26 min on a 2-core CPU; writes assets/mnist_reinjection.png
 """
 import math
 from argparse import Namespace
