@@ -57,7 +57,7 @@ class EpsModel(nn.Module):
         self.register_buffer("frequencies", 2.0 ** torch.arange(n_frequencies) * math.pi)  # (K,)
         self.register_buffer("time_frequencies", torch.arange(1, 9) * math.pi)  # (8,)
         self.input = nn.Linear(dim * (1 + 2 * n_frequencies) + 1, hidden)
-        self.film = nn.Linear(17, 4 * hidden)  # t -> scale and shift of both hidden layers
+        self.film = nn.Linear(17, 4 * hidden)  # (t/T, 8 sines, 8 cosines) -> scale and shift of both hidden layers
         self.hidden = nn.ModuleList([nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)])
         self.output = nn.Linear(hidden, dim)
 

@@ -46,6 +46,32 @@ def test_beta_sqrt_alpha_one_minus_alpha_is_the_ddpm_posterior_step(beta, is_pos
     assert (abs(covariance / sigma_s ** 2 - 1) < 0.02) == is_posterior  # what the forward process needs
 
 
+class PointDenoiser(torch.nn.Module):
+    """The exact noise predictor of data at one image x0, behind the lesson's input scaling and sigma encoding."""
+
+    def __init__(self, x0, cfg):
+        super().__init__()
+        self.x0, self.cfg = x0, cfg
+
+    def forward(self, x_scaled, level):
+        log_range = math.log(self.cfg.sigma_max / self.cfg.sigma_min)
+        sigma = torch.exp(math.log(self.cfg.sigma_min) + level / 1000 * log_range).reshape(-1, 1, 1, 1)
+        x = x_scaled * (sigma ** 2 + self.cfg.sigma_data ** 2).sqrt()
+        return (x - self.x0) / sigma  # the noise itself: x = x0 + sigma eps
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3])
+def test_generate_ends_on_the_data_after_its_final_denoising_jump(beta):
+    """With the exact denoiser of one image, the sampler stops with about sigma_min of noise left (0.02 here, 0.01
+    in [0, 1] units); the final jump x - sigma eps_hat must remove it exactly, crop 32x32 to 28x28 and map to [0, 1]."""
+    torch.manual_seed(0)
+    cfg = Namespace(sigma_min=0.02, sigma_max=20.0, sigma_data=1.0, alpha=0.15)
+    x0 = torch.linspace(-0.9, 0.9, 32 * 32).reshape(1, 1, 32, 32)
+    digits = lesson.generate(PointDenoiser(x0, cfg), cfg.sigma_max * torch.randn(6, 1, 32, 32), beta, cfg)
+    assert digits.shape == (6, 28, 28)
+    assert (digits - (x0[0, 0, 2:30, 2:30] + 1) / 2).abs().max() < 1e-4
+
+
 def test_denoiser_sees_unit_scale_and_sigma():
     cfg = Namespace(sigma_min=0.01, sigma_max=40.0, sigma_data=1.0)
     model = UNet(8)
