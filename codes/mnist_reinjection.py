@@ -9,8 +9,9 @@ Each step removes a fraction alpha of the predicted noise and puts back fresh no
 were the noise itself, (1 - alpha) sigma of it would be left, and independent noise adds in quadrature: hence the
 recursion, a geometric decay. beta = 0 is a deterministic sampler; beta > 0 lets the fresh noise correct the
 denoiser's mistakes (like the churn of Karras et al. 2022). After the stop, one jump to x0_hat = x - sigma eps_hat
-removes the last sigma_min of noise (the final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains
-once and samples both ways, from the same starting noise, and prints the Frechet LeNet Distance (FLD) of each.
+removes the noise that is left, of std sigma < sigma_min (the final denoising of Jolicoeur-Martineau et al.
+2021). The lesson trains once and samples both ways, from the same starting noise, and prints the Frechet LeNet
+Distance (FLD) of each.
 
     python codes/mnist_reinjection.py        # 26 min on a 2-core CPU; writes assets/mnist_reinjection.png
 """
