@@ -6,7 +6,8 @@ between the two Gaussians (Dowson & Landau 1982),
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
 with the true matrix square root, not an element-wise one. An FLD alone means little: at a finite n even real
 digits score above 0. So it also prints the floor (real training digits against the test set, at the same n) and a
-ceiling (noise with the digits' pixel mean and std), and which digits a sample set contains.
+ceiling (noise with the digits' pixel mean and std), which digits a sample set contains, and how real digits in
+those proportions score: a wrong class mix alone costs more than a reader would guess.
 
     python codes/mnist_fid.py                       # scores outputs/mnist_UNet/samples.npy
     python codes/mnist_fid.py --samples other/samples.npy
@@ -98,6 +99,14 @@ def frechet_distance(f1, f2):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_root)
 
 
+def same_class_mix(labels, shares, n, generator):
+    """Indices of n digits, drawn by their true labels in the proportions `shares` (10,): real digits mixed like the
+    samples. Their FLD is what perfect digits in the wrong proportions would score."""
+    counts = np.round(np.asarray(shares) * n).astype(int)  # (10,)
+    pools = [torch.nonzero(labels == k)[:, 0] for k in range(10)]
+    return torch.cat([pool[torch.randint(len(pool), (count,), generator=generator)] for pool, count in zip(pools, counts)])
+
+
 def load_samples(path):
     try:
         array = np.load(path)
@@ -110,9 +119,9 @@ def load_samples(path):
 
 
 def report(model, named_samples, cfg):
-    """Print the floor, the ceiling and one FLD row per named sample set, with its ratio to the floor and class mix;
-    return {name: FLD}."""
-    (train_x, _), (test_x, _) = mnist(cfg, "train"), mnist(cfg, "t10k")
+    """Print the floor, the ceiling and one FLD row per named sample set, with its ratio to the floor, its class mix
+    and the FLD of real digits in that mix; return {name: FLD}."""
+    (train_x, train_y), (test_x, _) = mnist(cfg, "train"), mnist(cfg, "t10k")
     reference = features(model, test_x)
     n = len(next(iter(named_samples.values())))
     generator = torch.Generator().manual_seed(cfg.seed)  # the same reference rows whether or not LeNet was trained
@@ -129,6 +138,9 @@ def report(model, named_samples, cfg):
         print(f"  {name:<32} {scores[name]:9.2f}  = {scores[name] / floor:.2f}x the floor (target <= 3)")
         print(f"  {'':<32} classes 0-9: {' '.join(f'{s:.0%}' for s in shares)} "
               f"(min {shares.min():.1%}, max {shares.max():.1%}; target 5-15% each)")
+        mixed = frechet_distance(features(model, train_x[same_class_mix(train_y, shares, n, generator)]), reference)
+        print(f"  {'':<32} real digits in these proportions score {mixed:.2f} = {mixed / floor:.2f}x the floor "
+              f"(the class mix alone)")
     return scores
 
 

@@ -15,7 +15,7 @@ import torch
 
 import mnist_UNet as lesson
 from conftest import write_idx
-from mnist_fid import frechet_distance
+from mnist_fid import frechet_distance, same_class_mix
 from test_cli import assert_clean_error
 
 MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py")  # smoke-run here
@@ -251,6 +251,13 @@ def test_frechet_distance_against_closed_forms():
     assert not np.isclose(expected, ((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * np.sqrt(np.abs(product))))
 
 
+def test_same_class_mix_draws_the_asked_proportions():
+    labels = torch.arange(600) % 10
+    shares = np.array([0.16, 0.07, 0.12, 0.10, 0.12, 0.11, 0.07, 0.08, 0.09, 0.08])
+    chosen = same_class_mix(labels, shares, 1000, torch.Generator().manual_seed(0))
+    assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), shares * 1000)
+
+
 # ----------------------------------------------------------------------------- the scripts, end to end
 def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
@@ -264,7 +271,7 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     fid = run("mnist_fid.py", "--data", tiny_mnist, "--samples", out / "samples.npy", "--lenet_epochs", "1",
               "--out", tmp_path / "fid")
     assert fid.returncode == 0, fid.stderr
-    for words in ("LeNet test accuracy", "floor", "x the floor", "classes 0-9"):
+    for words in ("LeNet test accuracy", "floor", "x the floor", "classes 0-9", "real digits in these proportions"):
         assert words in fid.stdout
     assert (tmp_path / "fid" / "lenet.pt").exists()
 
