@@ -104,7 +104,8 @@ def same_class_mix(labels, shares, n, generator):
     samples. Their FLD is what perfect digits in the wrong proportions would score."""
     counts = np.round(np.asarray(shares) * n).astype(int)  # (10,)
     pools = [torch.nonzero(labels == k)[:, 0] for k in range(10)]
-    return torch.cat([pool[torch.randint(len(pool), (count,), generator=generator)] for pool, count in zip(pools, counts)])
+    draws = [pool[torch.randint(len(pool), (count,), generator=generator)] for pool, count in zip(pools, counts)]
+    return torch.cat(draws)  # (n,)
 
 
 def load_samples(path):
