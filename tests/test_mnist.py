@@ -253,9 +253,9 @@ def test_frechet_distance_against_closed_forms():
 
 def test_same_class_mix_draws_the_asked_proportions():
     labels = torch.arange(600) % 10
-    shares = np.array([0.16, 0.07, 0.12, 0.10, 0.12, 0.11, 0.07, 0.08, 0.09, 0.08])
-    chosen = same_class_mix(labels, shares, 1000, torch.Generator().manual_seed(0))
-    assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), shares * 1000)
+    counts = np.array([160, 70, 120, 100, 120, 110, 70, 80, 90, 80])  # as bincount / n of 1000 samples gives them
+    chosen = same_class_mix(labels, counts / 1000, 1000, torch.Generator().manual_seed(0))
+    assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), counts)
 
 
 # ----------------------------------------------------------------------------- the scripts, end to end
