@@ -104,7 +104,10 @@ def same_class_mix(labels, shares, n, generator):
     samples. Their FLD is what perfect digits in the wrong proportions would score."""
     counts = np.round(np.asarray(shares) * n).astype(int)  # (10,)
     pools = [torch.nonzero(labels == k)[:, 0] for k in range(10)]
-    draws = [pool[torch.randint(len(pool), (count,), generator=generator)] for pool, count in zip(pools, counts)]
+    check(all(len(pool) for pool, count in zip(pools, counts) if count),
+          "the training labels lack a digit that the samples hold, so their class mix cannot be drawn")
+    draws = [pool[torch.randint(len(pool), (count,), generator=generator)]
+             for pool, count in zip(pools, counts) if count]  # randint cannot draw from an empty pool, even 0 times
     return torch.cat(draws)  # (n,)
 
 

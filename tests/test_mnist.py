@@ -258,6 +258,15 @@ def test_same_class_mix_draws_the_asked_proportions():
     assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), counts)
 
 
+def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples_hold_it():
+    labels = torch.arange(600) % 9  # no 9s among the real digits
+    counts = np.array([100] * 9 + [0])
+    chosen = same_class_mix(labels, counts / 900, 900, torch.Generator().manual_seed(0))
+    assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), counts)
+    with pytest.raises(SystemExit, match="lack a digit"):
+        same_class_mix(labels, np.array([100] * 8 + [50, 50]) / 900, 900, torch.Generator().manual_seed(0))
+
+
 # ----------------------------------------------------------------------------- the scripts, end to end
 def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
