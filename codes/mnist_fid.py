@@ -114,8 +114,10 @@ def same_class_mix(labels, shares, n, generator):
 def load_samples(path):
     try:
         array = np.load(path)
-    except (OSError, ValueError) as error:
-        fail(f"cannot read --samples {path}: {error}")
+    except OSError as error:
+        fail(f"cannot read --samples {path}: {error.strerror or error}")
+    except ValueError:  # numpy's own text here suggests unpickling, which we never do
+        fail(f"cannot read --samples {path}: not a complete .npy array of numbers, as numpy.save writes")
     check(array.ndim == 3 and array.shape[1:] == (28, 28), f"--samples {path} has shape {array.shape}, not (n, 28, 28)")
     check(np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1, f"--samples {path} is not all in [0, 1]")
     check(len(array) >= 100, f"--samples {path} has {len(array)} images; a Frechet distance needs hundreds")
