@@ -317,4 +317,5 @@ def test_fid_refuses_bad_samples(run, tmp_path, tiny_mnist):
     assert_clean_error(result, "not all in [0, 1]")
     assert_clean_error(run("mnist_fid.py", "--samples", tmp_path / "none.npy", "--out", tmp_path), "cannot read")
     (tmp_path / "text.npy").write_text("not an array")
-    assert_clean_error(run("mnist_fid.py", "--samples", tmp_path / "text.npy", "--out", tmp_path), "not a complete .npy")
+    result = run("mnist_fid.py", "--samples", tmp_path / "text.npy", "--out", tmp_path)
+    assert_clean_error(result, "not a complete .npy")
