@@ -112,11 +112,30 @@ def test_with_exact_eps_ddim_in_50_steps_is_within_the_ratio_target_of_ancestral
     assert error["ddim", 10] > 1.5 * error["ddpm", lesson.T], error
 
 
-@pytest.mark.parametrize("model", [single_DDPM.EpsModel(1, 16, 1000), multimodal_DDPM.EpsModel(1, 16, 1000, 3)])
-def test_shared_networks_depend_on_t(model):
+ALPHA_BAR = torch.linspace(0.999, 0.001, 1000)
+
+
+@pytest.mark.parametrize("model, fixed_part", [
+    (single_DDPM.EpsModel(1, 16, 1000), lambda x, t: 0),
+    (multimodal_DDPM.EpsModel(1, 16, ALPHA_BAR, 3), lambda x, t: (1 - ALPHA_BAR[t, None]).sqrt() * x)])
+def test_shared_networks_depend_on_t(model, fixed_part):
+    """The learned part must see t; multimodal_DDPM's fixed linear term sqrt(1 - abar_t) x_t depends on t by itself."""
     torch.manual_seed(0)
     x = torch.randn(8, 1)
-    assert not torch.allclose(model(x, torch.full((8,), 10)), model(x, torch.full((8,), 900)))
+    learned = [model(x, t) - fixed_part(x, t) for t in (torch.full((8,), 10), torch.full((8,), 900))]
+    assert not torch.allclose(*learned)
+
+
+def test_multimodal_network_starts_from_the_best_linear_guess():
+    """With its MLP's output at zero, eps_theta(x_t, t) is E[eps | x_t] for unit-variance Gaussian data, for every t."""
+    model = multimodal_DDPM.EpsModel(2, 16, ALPHA_BAR, 3)
+    torch.nn.init.zeros_(model.output.weight), torch.nn.init.zeros_(model.output.bias)
+    t = torch.randint(0, 1000, (100000,))
+    x0, eps = torch.randn(100000, 2), torch.randn(100000, 2)
+    x = ALPHA_BAR[t, None].sqrt() * x0 + (1 - ALPHA_BAR[t, None]).sqrt() * eps  # eq. 4
+    with torch.no_grad():
+        residual = eps - model(x, t)  # orthogonal to x_t: the linear regression of eps on x_t is exact
+    assert (residual * x).mean().abs().item() < 0.01
 
 
 def test_wasserstein_to_gaussian_of_detailed_DDPM():
