@@ -26,6 +26,18 @@ def run():
     return run_lesson
 
 
+@pytest.fixture(scope="session", autouse=True)
+def readme_assets_untouched():
+    """assets/ holds the README's pictures, rewritten only on purpose: a test run that writes there (a lesson run
+    without --assets) would replace them with the output of test settings."""
+    def snapshot():
+        return {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in (ROOT / "assets").iterdir()}
+
+    before = snapshot()
+    yield
+    assert snapshot() == before, "a test wrote into assets/: pass --assets to every lesson run"
+
+
 def write_idx(path, array):
     """A gzipped IDX file as MNIST ships it: magic 0x0000080N (unsigned bytes, N dims), N big-endian sizes, bytes."""
     header = (0x800 + array.ndim).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)

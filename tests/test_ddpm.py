@@ -126,16 +126,19 @@ def test_shared_networks_depend_on_t(model, fixed_part):
     assert not torch.allclose(*learned)
 
 
-def test_multimodal_network_starts_from_the_best_linear_guess():
-    """With its MLP's output at zero, eps_theta(x_t, t) is E[eps | x_t] for unit-variance Gaussian data, for every t."""
+@pytest.mark.parametrize("step", [0, 250, 500, 750, 999])
+def test_multimodal_network_starts_from_the_best_linear_guess(step):
+    """With its MLP's output at zero, eps_theta(x_t, t) is E[eps | x_t] for unit-variance Gaussian data: what is left
+    of eps is uncorrelated with x_t. (1 - abar) in place of its square root misses by 0.03 at t = 0, 0.2 at t = 500."""
+    torch.manual_seed(0)
     model = multimodal_DDPM.EpsModel(2, 16, ALPHA_BAR, 3)
     torch.nn.init.zeros_(model.output.weight), torch.nn.init.zeros_(model.output.bias)
-    t = torch.randint(0, 1000, (100000,))
+    t = torch.full((100000,), step)
     x0, eps = torch.randn(100000, 2), torch.randn(100000, 2)
     x = ALPHA_BAR[t, None].sqrt() * x0 + (1 - ALPHA_BAR[t, None]).sqrt() * eps  # eq. 4
     with torch.no_grad():
-        residual = eps - model(x, t)  # orthogonal to x_t: the linear regression of eps on x_t is exact
-    assert (residual * x).mean().abs().item() < 0.01
+        residual = eps - model(x, t)
+    assert (residual * x).mean().abs().item() < 0.01  # sampling error about 0.002
 
 
 def test_wasserstein_to_gaussian_of_detailed_DDPM():

@@ -28,7 +28,7 @@ def test_four_gaussians_hit_weights_offmode_and_stds(run, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_multimodal_DDPM_hits_weights_offmode_and_stds_with_both_samplers(run, tmp_path, sampler):
-    result = run("multimodal_DDPM.py", "--sampler", sampler, "--seed", "0", "--out", tmp_path)
+    result = run("multimodal_DDPM.py", "--sampler", sampler, "--seed", "0", "--out", tmp_path, "--assets", tmp_path)
     assert result.returncode == 0, result.stderr
     samples = np.load(tmp_path / "samples.npy")
     assert_modes(samples, multimodal_DDPM.MODES, 0.01, share_tolerance=0.03, max_off_mode=0.0099, std_tolerance=0.20)
