@@ -31,6 +31,7 @@ def load_ema(path, cfg):
     check(Path(path).exists(), f"--checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=cfg.device, weights_only=True)
+        check(state.get("target") == "v", f"{path} is from an older lesson whose UNet predicted eps; delete it")
         model.load_state_dict(state["ema"])
     except Exception as error:  # a damaged file, or weights of another shape
         fail(f"cannot load the EMA weights of --checkpoint {path} ({type(error).__name__}); same --channels and --T?")

@@ -204,27 +204,62 @@ def test_resume_refuses_a_damaged_or_foreign_checkpoint(run, tmp_path, tiny_mnis
     assert_clean_error(result, "cannot read the checkpoint", "model.pt")
 
 
+@pytest.mark.parametrize("script, flag", [("mnist_UNet.py", "--resume"), ("mnist_UNet_video.py", "--checkpoint")])
+def test_an_eps_checkpoint_is_refused(run, tmp_path, tiny_mnist, script, flag):
+    """A checkpoint from before the lesson predicted v holds weights of the same shape that mean something else: read
+    as v, they would make garbage without a word."""
+    weights = lesson.UNet(8).state_dict()
+    old = {"model": weights, "ema": weights, "epoch": 1, "config": {"channels": 8, "T": 50}}  # no "target": "v"
+    torch.save(old, tmp_path / "model.pt")
+    args = ["--checkpoint", tmp_path / "model.pt", "--assets", tmp_path] if flag == "--checkpoint" else ["--resume"]
+    result = run(script, "--data", tiny_mnist, *TINY_UNET, *args, "--out", tmp_path)
+    assert_clean_error(result, "predicted eps", "model.pt")
+
+
 # ----------------------------------------------------------------------------- samplers, with the exact denoiser
-def exact_eps(mean, std, alpha_bar):
-    """eps*(x_t, t) = -sqrt(1 - abar_t) grad log p_t(x_t) for pixels x0 ~ N(mean, std^2) each: p_t is
-    N(sqrt(abar_t) mean, abar_t std^2 + 1 - abar_t) per pixel."""
-    def eps(x, t):
-        a = alpha_bar[t].reshape(-1, 1, 1, 1)
-        return (1 - a).sqrt() * (x - a.sqrt() * mean) / (a * std ** 2 + 1 - a)
-    return eps
+def exact_v(mean, std, alpha_bar):
+    """v*(x_t, t) = E[v | x_t] = sqrt(abar_t) E[eps | x_t] - sqrt(1 - abar_t) E[x0 | x_t] for pixels x0 ~ N(mean, std^2)
+    each, with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps: Gaussian conditioning, per pixel, with no division by
+    sqrt(abar_t) (the eps-based x0_hat would divide by 5e-5 at t = T)."""
+    def v(x, t):
+        a = alpha_bar[t].reshape(-1, 1, 1, 1).double()
+        residual = (x.double() - a.sqrt() * mean) / (a * std ** 2 + 1 - a)  # (x_t - E x_t) / Var x_t
+        x0, eps = mean + a.sqrt() * std ** 2 * residual, (1 - a).sqrt() * residual  # E[x0 | x_t], E[eps | x_t]
+        return (a.sqrt() * eps - (1 - a).sqrt() * x0).float()
+    return v
 
 
 @pytest.mark.parametrize("sampler, steps, tolerance", [("ddpm", 1000, 0.03), ("ddim", 1000, 0.03), ("ddim", 50, 0.07)])
-def test_samplers_with_the_exact_eps_reach_the_data(sampler, steps, tolerance):
-    """With eps* the samplers must end at N(0.2, 0.3^2) per pixel. Noise scaled by beta instead of sqrt(beta), or
-    added at the last step, moves the std far outside the tolerance; so does a wrong posterior coefficient."""
+def test_samplers_with_the_exact_v_reach_the_data(sampler, steps, tolerance):
+    """With v* the samplers must end at N(0.2, 0.3^2) per pixel. Noise scaled by beta instead of sqrt(beta), or
+    added at the last step, moves the std far outside the tolerance; so does a wrong posterior coefficient, or
+    reading the network's output as eps."""
     torch.manual_seed(0)
     alpha_bar = lesson.cosine_schedule(1000)
     x = torch.randn(100, 1, 28, 28)
-    for x in lesson.reverse_process(exact_eps(0.2, 0.3, alpha_bar), alpha_bar, x, sampler, steps):
+    for x in lesson.reverse_process(exact_v(0.2, 0.3, alpha_bar), alpha_bar, x, sampler, steps):
         pass
     assert abs(x.mean() - 0.2) < 0.01
     assert abs(x.std() / 0.3 - 1) < tolerance
+
+
+def test_the_loss_targets_v():
+    """For digits that are all one image x0, eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t) is known from x_t, so a
+    model that returns v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 must score 0, and one that returns eps must not."""
+    alpha_bar = lesson.cosine_schedule(50)
+    x0 = torch.rand(1, 1, 28, 28) * 2 - 1
+    cfg = Namespace(T=50, device=torch.device("cpu"))
+
+    def exact(kind):
+        def model(x_t, t):
+            a = alpha_bar[t].reshape(-1, 1, 1, 1)
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+            return a.sqrt() * eps - (1 - a).sqrt() * x0 if kind == "v" else eps
+        return model
+
+    batch = x0.expand(64, -1, -1, -1)
+    assert lesson.ddpm_loss(exact("v"), batch, alpha_bar, cfg) < 1e-8
+    assert lesson.ddpm_loss(exact("eps"), batch, alpha_bar, cfg) > 0.1
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
