@@ -1,7 +1,9 @@
 """Noise reinjection on MNIST: the "simple diffusion model" of the seed documents, with a number for "it helps".
 
 A denoiser conditioned on the noise level sigma (not on a step t) predicts the noise eps of x = x0 + sigma eps,
-trained on sigma drawn log-uniformly in [sigma_min, sigma_max]. Sampling starts at x ~ N(0, sigma_max^2 I) and
+trained on sigma drawn log-uniformly in [sigma_min, sigma_max]. Its UNet's output is scaled as in Karras et al. 2022
+(EDM, Table 1), so that an error of the network moves x0_hat = x - sigma eps_hat by at most sigma_data, not by sigma
+(up to 20), and the loss weighs every sigma alike. Sampling starts at x ~ N(0, sigma_max^2 I) and
 repeats, until sigma < sigma_min,
     x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,     z ~ N(0, I)
     sigma <- sigma sqrt((1 - alpha)^2 + beta^2)
@@ -52,17 +54,23 @@ def padded_mnist(cfg, split, n=None):
 
 # ----------------------------------------------------------------------------- the sigma-conditioned denoiser
 def predict_noise(model, x, sigma, cfg):
-    """eps_hat(x, sigma) from the lesson's UNet: it sees x / sqrt(sigma^2 + sigma_data^2), of unit scale at every
-    sigma (Karras et al.'s c_in), and log sigma mapped onto [0, 1000], the range its sinusoidal embedding expects."""
+    """eps_hat(x, sigma) = (x - D) / sigma, with EDM's denoised guess D = c_skip x + c_out F of x0 from the UNet's
+    output F. The UNet sees x / sqrt(sigma^2 + sigma_data^2), of unit scale at every sigma (c_in), and log sigma mapped
+    onto [0, 1000], the range its sinusoidal embedding expects. c_out <= sigma_data bounds what an error of F costs."""
     level = 1000 * (sigma.log() - math.log(cfg.sigma_min)) / math.log(cfg.sigma_max / cfg.sigma_min)  # (n,)
-    return model(x / (sigma ** 2 + cfg.sigma_data ** 2).sqrt().reshape(-1, 1, 1, 1), level)
+    s, s_data = sigma.reshape(-1, 1, 1, 1), cfg.sigma_data  # (n, 1, 1, 1)
+    c_skip, c_out = s_data ** 2 / (s ** 2 + s_data ** 2), s * s_data / (s ** 2 + s_data ** 2).sqrt()
+    return (x - c_skip * x - c_out * model(x / (s ** 2 + s_data ** 2).sqrt(), level)) / s
 
 
 def reinjection_loss(model, x0, cfg):
-    """|eps - eps_hat(x0 + sigma eps, sigma)|^2 with log sigma uniform; drawn on the CPU, as --resume expects."""
+    """|eps - eps_hat(x0 + sigma eps, sigma)|^2 (sigma^2 + sigma_data^2) / sigma_data^2 with log sigma uniform: the
+    weight makes it |F - F*|^2, the UNet's own error, at every sigma. Drawn on the CPU, as --resume expects."""
     log_sigma = math.log(cfg.sigma_min) + torch.rand(len(x0)) * math.log(cfg.sigma_max / cfg.sigma_min)
     sigma, eps = log_sigma.exp().to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
-    return F.mse_loss(predict_noise(model, x0 + sigma.reshape(-1, 1, 1, 1) * eps, sigma, cfg), eps)
+    s = sigma.reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    weight = (s ** 2 + cfg.sigma_data ** 2) / cfg.sigma_data ** 2
+    return (weight * (predict_noise(model, x0 + s * eps, sigma, cfg) - eps) ** 2).mean()
 
 
 # ----------------------------------------------------------------------------- the sampler

@@ -47,17 +47,32 @@ def test_beta_sqrt_alpha_one_minus_alpha_is_the_ddpm_posterior_step(beta, is_pos
 
 
 class PointDenoiser(torch.nn.Module):
-    """The exact noise predictor of data at one image x0, behind the lesson's input scaling and sigma encoding."""
+    """The exact UNet output F* for data at one image x0, behind the lesson's input scaling and sigma encoding: the
+    F with c_skip x + c_out F = x0 (Karras et al. 2022, eq. 7), plus `error` everywhere."""
 
-    def __init__(self, x0, cfg):
+    def __init__(self, x0, cfg, error=0.0):
         super().__init__()
-        self.x0, self.cfg = x0, cfg
+        self.x0, self.cfg, self.error = x0, cfg, error
 
     def forward(self, x_scaled, level):
         log_range = math.log(self.cfg.sigma_max / self.cfg.sigma_min)
         sigma = torch.exp(math.log(self.cfg.sigma_min) + level / 1000 * log_range).reshape(-1, 1, 1, 1)
         x = x_scaled * (sigma ** 2 + self.cfg.sigma_data ** 2).sqrt()
-        return (x - self.x0) / sigma  # the noise itself: x = x0 + sigma eps
+        s_data = self.cfg.sigma_data
+        c_skip, c_out = s_data ** 2 / (sigma ** 2 + s_data ** 2), sigma * s_data / (sigma ** 2 + s_data ** 2).sqrt()
+        return (self.x0 - c_skip * x) / c_out + self.error
+
+
+def test_the_loss_is_the_unets_own_error_at_every_sigma():
+    """An error e in F costs e^2 whatever sigma is: the weight (sigma^2 + sigma_data^2) / sigma_data^2 undoes c_out^2 /
+    sigma^2. Plain |eps - eps_hat|^2 would charge e^2 sigma_data^2 / (sigma^2 + sigma_data^2): 0.0006 e^2 at sigma
+    20 (sigma_data 0.5 here, so that a weight written for sigma_data = 1 fails too)."""
+    torch.manual_seed(0)
+    cfg = Namespace(sigma_min=0.02, sigma_max=20.0, sigma_data=0.5, device=torch.device("cpu"))
+    x0 = torch.linspace(-0.9, 0.9, 32 * 32).reshape(1, 1, 32, 32)
+    assert lesson.reinjection_loss(PointDenoiser(x0, cfg), x0.expand(256, -1, -1, -1), cfg) < 1e-8
+    loss = lesson.reinjection_loss(PointDenoiser(x0, cfg, error=0.3), x0.expand(256, -1, -1, -1), cfg)
+    assert loss.item() == pytest.approx(0.09, rel=1e-3)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3])
