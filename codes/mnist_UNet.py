@@ -171,11 +171,11 @@ class UNet(nn.Module):
 
 # ----------------------------------------------------------------------------- training, with checkpoints
 def ddpm_loss(model, x0, alpha_bar, cfg):
-    """Algorithm 1 with the target v: |v - v_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)|^2 = |eps - eps_hat|^2 /
-    abar_t. t and eps are drawn on the CPU, whose random state the checkpoint keeps, so that --resume draws the same."""
+    """Algorithm 1 with the target v: |v - v_theta(x_t, t)|^2 = |eps - eps_hat|^2 / abar_t, eps_hat = sqrt(1 - abar_t)
+    x_t + sqrt(abar_t) v_theta (x_t by eq. 4). t and eps are drawn on the CPU, whose random state --resume restores."""
     t, eps = torch.randint(0, cfg.T, (len(x0),)).to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
     a = alpha_bar[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
-    return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0)  # eq. 4, v
+    return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0)  # eq. 4; v
 
 
 def train(images, loss_fn, cfg):
