@@ -3,11 +3,12 @@ and the checks of its flags. The smoke run on tiny IDX files is in test_mnist.py
 import math
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 
 import mnist_reinjection as lesson
-from mnist_UNet import UNet
+from mnist_UNet import UNet, cosine_schedule
 from test_cli import assert_clean_error
 
 
@@ -63,16 +64,38 @@ class PointDenoiser(torch.nn.Module):
         return (self.x0 - c_skip * x) / c_out + self.error
 
 
-def test_the_loss_is_the_unets_own_error_at_every_sigma():
-    """An error e in F costs e^2 whatever sigma is: the weight (sigma^2 + sigma_data^2) / sigma_data^2 undoes c_out^2 /
-    sigma^2. Plain |eps - eps_hat|^2 would charge e^2 sigma_data^2 / (sigma^2 + sigma_data^2): 0.0006 e^2 at sigma
-    20 (sigma_data 0.5 here, so that a weight written for sigma_data = 1 fails too)."""
-    torch.manual_seed(0)
+def cosine_weight(sigma, sigma_data):
+    """w = 2 sigma sigma_data / (sigma^2 + sigma_data^2), the weight the lesson's docstring gives."""
+    return 2 * sigma * sigma_data / (sigma ** 2 + sigma_data ** 2)
+
+
+@pytest.mark.parametrize("u", [0.0, 0.3, 0.5, 1.0])
+def test_an_error_of_the_unet_costs_its_square_times_w(monkeypatch, u):
+    """An error e in F costs w(sigma) e^2: the factor (sigma^2 + sigma_data^2) / sigma_data^2 undoes c_out^2 /
+    sigma^2 and w does the rest. Plain |eps - eps_hat|^2 would charge e^2 sigma_data^2 / (sigma^2 + sigma_data^2),
+    0.0006 e^2 at sigma 20. sigma_data is 0.5 here, so that a weight written for sigma_data = 1 fails too; every
+    sigma of the batch is the one that a uniform draw u gives."""
     cfg = Namespace(sigma_min=0.02, sigma_max=20.0, sigma_data=0.5, device=torch.device("cpu"))
+    sigma = cfg.sigma_min * (cfg.sigma_max / cfg.sigma_min) ** u
+    monkeypatch.setattr(torch, "rand", lambda n: torch.full((n,), u))
+    torch.manual_seed(0)
     x0 = torch.linspace(-0.9, 0.9, 32 * 32).reshape(1, 1, 32, 32)
-    assert lesson.reinjection_loss(PointDenoiser(x0, cfg), x0.expand(256, -1, -1, -1), cfg) < 1e-8
-    loss = lesson.reinjection_loss(PointDenoiser(x0, cfg, error=0.3), x0.expand(256, -1, -1, -1), cfg)
-    assert loss.item() == pytest.approx(0.09, rel=1e-3)
+    assert lesson.reinjection_loss(PointDenoiser(x0, cfg), x0.expand(64, -1, -1, -1), cfg) < 1e-8
+    loss = lesson.reinjection_loss(PointDenoiser(x0, cfg, error=0.3), x0.expand(64, -1, -1, -1), cfg)
+    assert loss.item() == pytest.approx(0.09 * cosine_weight(sigma, cfg.sigma_data), rel=1e-4)
+
+
+def test_w_turns_the_log_uniform_draw_into_lesson_10s_cosine_schedule():
+    """Lesson 10 draws t uniformly; its noise level sigma_t = sqrt((1 - abar_t) / abar_t) then has, per unit of
+    log sigma, the density ~ sigma / (1 + sigma^2) (abar = cos^2(pi u / 2) gives sigma = tan(pi u / 2)). A log-uniform
+    draw weighted by w (sigma_data = 1, the lesson's) must match it, bin by bin, over [0.02, 20]."""
+    abar = cosine_schedule(1000).double()
+    log_sigma = (0.5 * ((1 - abar) / abar).log()).numpy()
+    edges = torch.linspace(math.log(0.02), math.log(20.0), 13).numpy()
+    cosine = torch.tensor(np.histogram(log_sigma, edges)[0], dtype=torch.float64)  # steps per bin
+    centres = torch.tensor((edges[1:] + edges[:-1]) / 2).exp()
+    weighted = cosine_weight(centres, 1.0)  # the log-uniform draw has the same mass in every bin
+    assert (cosine / cosine.sum() - weighted / weighted.sum()).abs().max() < 0.01
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3])
