@@ -72,7 +72,7 @@ def reinjection_loss(model, x0, cfg):
     log_sigma = math.log(cfg.sigma_min) + torch.rand(len(x0)) * math.log(cfg.sigma_max / cfg.sigma_min)
     sigma, eps = log_sigma.exp().to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
     s, s_data = sigma.reshape(-1, 1, 1, 1), cfg.sigma_data  # (B, 1, 1, 1)
-    weight = (s ** 2 + s_data ** 2) / s_data ** 2 * 2 * s * s_data / (s ** 2 + s_data ** 2)
+    weight = (s ** 2 + s_data ** 2) / s_data ** 2 * 2 * s * s_data / (s ** 2 + s_data ** 2)  # to |F - F*|^2, times w
     return (weight * (predict_noise(model, x0 + s * eps, sigma, cfg) - eps) ** 2).mean()
 
 
