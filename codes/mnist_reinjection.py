@@ -15,7 +15,7 @@ removes the noise that is left, of std sigma < sigma_min (the final denoising of
 2021). The lesson trains once and samples both ways, from the same starting noise, and prints the Frechet LeNet
 Distance (FLD) of each.
 
-    python codes/mnist_reinjection.py        # 19 min on a 2-core CPU; writes assets/mnist_reinjection.png
+    python codes/mnist_reinjection.py        # 18 min on a 2-core CPU; writes assets/mnist_reinjection.png
 """
 import math
 from argparse import Namespace
