@@ -116,7 +116,7 @@ if __name__ == "__main__":
     save_results(cfg.out, samples[cfg.beta], test_digits)
 
     fid_cfg = Namespace(data=cfg.data, mirror=cfg.mirror, out=cfg.out, seed=cfg.seed,  # LeNet cached in --out
-                        lenet_epochs=2, batch_size=128, lr=1e-3)
+                        lenet_epochs=2, batch_size=128, lr=1e-3, floor_draws=mnist_fid.floor_draws)
     lenet, accuracy = mnist_fid.load_classifier(fid_cfg)
     print(f"LeNet test accuracy {accuracy:.2%}")
     scores = mnist_fid.report(lenet, {f"beta = {beta:g}": digits for beta, digits in samples.items()}, fid_cfg)
