@@ -241,16 +241,19 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
 # ----------------------------------------------------------------------------- samplers
 @torch.no_grad()
 def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
-    """From x_T, yield x after each step t -> s on evenly spaced steps of T..1, x0_hat clipped to [-1, 1]. ddpm:
-    x_s ~ q(x_s | x_t, x0_hat), eqs. 6-7, beta = 1 - abar_t / abar_s (Nichol & Dhariwal); ddim: Song et al. eq. 12."""
+    """From x_T, yield x after each step t -> s on evenly spaced steps of T..1. ddpm: x_s ~ q(x_s | x_t, x0_hat),
+    eqs. 6-7, beta = 1 - abar_t / abar_s (Nichol & Dhariwal); ddim: Song et al. eq. 12. Ho et al. clip x0_hat to
+    [-1, 1]; we do not. The exact E[x0 | x_t] never leaves [-1, 1], but the UNet's guess scatters around it, and
+    clipping cuts one side only: where a stroke is white, every step pulls it darker (2.4% of the pixels came out
+    white, against 5.8% of real ones)."""
     steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps).round().long().tolist()
     for i, t in enumerate(steps):
         a_t = alpha_bar[t]
         a_s = alpha_bar[steps[i + 1]] if i + 1 < len(steps) else torch.ones_like(a_t)  # abar = 1 after the end
         v = model(x, torch.full((len(x),), t, device=x.device))
-        x0_hat = (a_t.sqrt() * x - (1 - a_t).sqrt() * v).clamp(-1, 1)  # eq. 4 and the definition of v, solved for x0
+        x0_hat = a_t.sqrt() * x - (1 - a_t).sqrt() * v  # eq. 4 and the definition of v, solved for x0
         if sampler == "ddim":
-            eps = (x - a_t.sqrt() * x0_hat) / (1 - a_t).sqrt()  # the noise that agrees with the clipped x0_hat
+            eps = (1 - a_t).sqrt() * x + a_t.sqrt() * v  # the same two, solved for eps
             x = a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps
         else:
             beta = 1 - a_t / a_s
