@@ -242,7 +242,7 @@ def load_checkpoint(path, model, ema, optimizer, cfg):
 @torch.no_grad()
 def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
     """From x_T, yield x after each step t -> s on evenly spaced steps of T..1. ddpm: x_s ~ q(x_s | x_t, x0_hat), eqs.
-    6-7; ddim: Song et al. eq. 12. x0_hat is not clipped to [-1, 1]: that cuts its scatter on one side, greys white."""
+    6-7; ddim: Song et al. eq. 12. x0_hat is not clipped to [-1, 1]: that cuts its errors one way and greys white."""
     steps = torch.linspace(len(alpha_bar) - 1, 0, sampling_steps).round().long().tolist()
     for i, t in enumerate(steps):
         a_t = alpha_bar[t]
@@ -250,7 +250,7 @@ def reverse_process(model, alpha_bar, x, sampler, sampling_steps):
         v = model(x, torch.full((len(x),), t, device=x.device))
         x0_hat = a_t.sqrt() * x - (1 - a_t).sqrt() * v  # eq. 4 and the definition of v, solved for x0
         if sampler == "ddim":
-            eps = (1 - a_t).sqrt() * x + a_t.sqrt() * v  # the same two, solved for eps
+            eps = (1 - a_t).sqrt() * x + a_t.sqrt() * v  # eq. 4 and the definition of v, solved for eps
             x = a_s.sqrt() * x0_hat + (1 - a_s).sqrt() * eps
         else:
             beta = 1 - a_t / a_s  # the respaced beta between visited steps (Nichol & Dhariwal 2021)
