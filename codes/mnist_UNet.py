@@ -4,9 +4,9 @@ The cosine schedule of Nichol & Dhariwal 2021 (eq. 17); a tiny UNet like Ho et a
 sinusoidal time embedding in every block, self-attention at 7x7, skip connections. It predicts v = sqrt(abar_t) eps -
 sqrt(1 - abar_t) x0 (Salimans & Ho 2022, sec. 4), not eps: x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat, where
 eps_hat would divide its error by sqrt(abar_t), down to 5e-5. Sampling uses an exponential moving average (EMA) of the
-weights and 200 steps instead of 1000, ancestral or DDIM (Song et al. 2021, eq. 12).
+weights and 300 steps instead of 1000, ancestral or DDIM (Song et al. 2021, eq. 12).
 
-    python codes/mnist_UNet.py                      # 18 min on a 2-core CPU; --resume continues from the checkpoint
+    python codes/mnist_UNet.py                      # 27 min on a 2-core CPU; --resume continues from the checkpoint
     python codes/mnist_UNet.py --n_train 2000 --nb_epochs 1 --n_samples 64   # a one-minute look
     python codes/mnist_fid.py                       # the quality number of outputs/mnist_UNet/samples.npy
 
@@ -34,12 +34,12 @@ mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MN
 n_train = 60000  # training images used (fewer for a quick run)
 channels = 16  # UNet width at 28x28; twice that at 14x14 and 7x7
 T = 1000  # diffusion steps
-nb_epochs = 6  # passes over the training images
+nb_epochs = 10  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
 sampler = "ddpm"  # ddpm|ddim: ancestral (Algorithm 2) or deterministic DDIM, both on a subsequence of steps
-sampling_steps = 200  # steps of the sampler, evenly spaced over 1..T (100: 16% of the digits were 7s)
+sampling_steps = 300  # steps of the sampler, evenly spaced over 1..T (200: 15.6% of the digits were 7s)
 n_samples = 1000  # digits generated at the end
 resume = False  # continue training from --out/model.pt instead of starting afresh
 
@@ -181,9 +181,9 @@ def ddpm_loss(model, x0, alpha_bar, cfg):
 def train(images, loss_fn, cfg):
     """Gradient steps on loss_fn(model, x0) over shuffled epochs. Every epoch ends with --out/model.pt, from which
     --resume carries on exactly: the shuffling is seeded per epoch and the random state is saved."""
-    model = UNet(cfg.channels).to(cfg.device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    layout = torch.channels_last if cfg.device.type == "cpu" else torch.contiguous_format  # NHWC: 20% faster on CPU
+    model = UNet(cfg.channels).to(cfg.device, memory_format=layout)
+    ema, optimizer = copy.deepcopy(model).requires_grad_(False), torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     path = cfg.out / "model.pt"
     start, losses = load_checkpoint(path, model, ema, optimizer, cfg) if cfg.resume else (0, [])
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)

@@ -131,6 +131,14 @@ def test_unet_keeps_the_shape_and_listens_to_t():
     assert (early - late).abs().mean() > 1e-3
 
 
+def test_unet_in_channels_last_order_computes_the_same():
+    """train() stores the UNet channels-last on a CPU for speed; its first conv has one input channel, the case of a
+    past silent bug of PyTorch (issue 82060), so check that the order changes the speed only."""
+    model, x, t = lesson.UNet(8), torch.randn(3, 1, 28, 28), torch.tensor([5, 400, 900])
+    reference = model(x, t)
+    assert torch.allclose(model.to(memory_format=torch.channels_last)(x, t), reference, atol=1e-5)
+
+
 def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
     """With all-black images (x0 = -1), the network's input must be N(-sqrt(abar_t), 1 - abar_t) (eq. 4): the
     port's bug, noise scaled by sqrt(abar_t), would make it N(.., abar_t)."""
