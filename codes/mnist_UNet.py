@@ -39,7 +39,7 @@ batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
 sampler = "ddpm"  # ddpm|ddim: ancestral (Algorithm 2) or deterministic DDIM, both on a subsequence of steps
-sampling_steps = 300  # steps of the sampler, evenly spaced over 1..T (200: 15.6% of the digits were 7s)
+sampling_steps = 300  # steps of the sampler, evenly spaced over 1..T (200: 15.6% 7s, over 15%)
 n_samples = 1000  # digits generated at the end
 resume = False  # continue training from --out/model.pt instead of starting afresh
 
@@ -181,7 +181,7 @@ def ddpm_loss(model, x0, alpha_bar, cfg):
 def train(images, loss_fn, cfg):
     """Gradient steps on loss_fn(model, x0) over shuffled epochs. Every epoch ends with --out/model.pt, from which
     --resume carries on exactly: the shuffling is seeded per epoch and the random state is saved."""
-    layout = torch.channels_last if cfg.device.type == "cpu" else torch.contiguous_format  # NHWC: 20% faster on CPU
+    layout = torch.channels_last if cfg.device.type == "cpu" else torch.contiguous_format  # NHWC: epochs 13% faster
     model = UNet(cfg.channels).to(cfg.device, memory_format=layout)
     ema, optimizer = copy.deepcopy(model).requires_grad_(False), torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     path = cfg.out / "model.pt"
