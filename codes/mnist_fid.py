@@ -59,21 +59,24 @@ def train_lenet(images, labels, cfg):
 
 
 def load_classifier(cfg):
-    """The cached LeNet and its test accuracy, training it first if --out has none."""
+    """The cached LeNet and its test accuracy, training it first if --out has none. It starts from --seed alone, not
+    from whatever the caller drew before (lesson 11 trains it after sampling): the same ruler for every sampler."""
     path = cfg.out / "lenet.pt"
-    if not path.exists():
-        (train_x, train_y), (test_x, test_y) = (mnist(cfg, split) for split in ("train", "t10k"))
-        model = train_lenet(train_x, train_y, cfg)
-        with torch.no_grad():
-            accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
-        torch.save({"model": model.state_dict(), "accuracy": accuracy}, path)
-        print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
-    try:
-        state = torch.load(path, weights_only=True)
-        model = LeNet()
-        model.load_state_dict(state["model"])
-    except Exception as error:  # any damage to the cache: say which file, and how to mend it
-        fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it to train it again")
+    with torch.random.fork_rng():  # the caller's random state is left as it was
+        torch.manual_seed(cfg.seed)
+        if not path.exists():
+            (train_x, train_y), (test_x, test_y) = (mnist(cfg, split) for split in ("train", "t10k"))
+            model = train_lenet(train_x, train_y, cfg)
+            with torch.no_grad():
+                accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
+            torch.save({"model": model.state_dict(), "accuracy": accuracy}, path)
+            print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
+        try:
+            state = torch.load(path, weights_only=True)
+            model = LeNet()
+            model.load_state_dict(state["model"])
+        except Exception as error:  # any damage to the cache: say which file, and how to mend it
+            fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it to train it again")
     return model.eval(), state["accuracy"]
 
 

@@ -16,7 +16,7 @@ import torch
 
 import mnist_UNet as lesson
 from conftest import write_idx
-from mnist_fid import frechet_distance, same_class_mix
+from mnist_fid import frechet_distance, load_classifier, same_class_mix
 from test_cli import assert_clean_error
 
 MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py")  # smoke-run here
@@ -314,6 +314,23 @@ def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples
 
 
 # ----------------------------------------------------------------------------- the scripts, end to end
+def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
+    """Lesson 11 trains its LeNet after sampling: a sampler that draws more random numbers must not change the ruler
+    that scores it, nor may training the LeNet change what the caller draws next."""
+    weights, next_draws = [], []
+    for earlier_draws in (0, 1000):
+        torch.manual_seed(5)
+        torch.rand(earlier_draws)
+        cfg = Namespace(data=tiny_mnist, mirror="", out=tmp_path / str(earlier_draws), seed=0, lenet_epochs=1,
+                        batch_size=32, lr=1e-3)
+        cfg.out.mkdir()
+        weights.append(load_classifier(cfg)[0].state_dict())
+        next_draws.append(torch.rand(3))
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    torch.manual_seed(5)
+    assert torch.equal(next_draws[0], torch.rand(3))
+
+
 def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
     result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "120", "--out", out)
