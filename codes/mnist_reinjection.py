@@ -15,7 +15,7 @@ removes the noise that is left, of std sigma < sigma_min (the final denoising of
 2021). The lesson trains once and samples both ways, from the same starting noise, and prints the Frechet LeNet
 Distance (FLD) of each.
 
-    python codes/mnist_reinjection.py        # 21 min on a 2-core CPU; writes assets/mnist_reinjection.png
+    python codes/mnist_reinjection.py        # 24 min on a 2-core CPU; writes assets/mnist_reinjection.png
 """
 import math
 from argparse import Namespace
@@ -39,8 +39,8 @@ nb_epochs = 7  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
-alpha = 0.15  # fraction of the predicted noise removed per step
-beta = 0.3  # std of the reinjected noise, in units of sigma (the ablation also runs beta = 0)
+alpha = 0.05  # fraction of the predicted noise removed per step (270 steps with beta; 0.15's 67: FLD 24-30% higher)
+beta = 0.218  # std of the reinjected noise, in units of sigma: sqrt(alpha (1 - alpha)), DDPM's step (ablation: 0)
 n_samples = 1000  # digits generated with each beta
 resume = False  # continue training from --out/model.pt instead of starting afresh
 assets = "assets"  # folder for the ablation grid that the README shows
@@ -88,8 +88,9 @@ def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min):
         yield x, sigma
 
 
-def generate(model, x, beta, cfg, chunk=500):
-    """Digits (n, 28, 28) in [0, 1]: the sampler, then x0_hat at its last sigma, cropped back from 32x32."""
+def generate(model, x, beta, cfg, chunk=100):
+    """Digits (n, 28, 28) in [0, 1]: the sampler, then x0_hat at its last sigma, cropped back from 32x32. On a 2-core
+    CPU, chunks of 100 ran 20% faster than 500."""
     digits = []
     for start in range(0, len(x), chunk):
         for x_k, sigma_k in reinjection_sampler(lambda x, s: predict_noise(model, x, s, cfg), x[start:start + chunk],

@@ -30,14 +30,15 @@ def test_sigma_recursion_tracks_the_noise_left(alpha, beta):
     assert 0.88 < x.std().item() / s < 1.0
 
 
-@pytest.mark.parametrize("beta, is_posterior", [(math.sqrt(0.15 * 0.85), True), (0.3, False), (0.0, False)])
-def test_beta_sqrt_alpha_one_minus_alpha_is_the_ddpm_posterior_step(beta, is_posterior):
+@pytest.mark.parametrize("alpha, beta, is_posterior", [(0.15, math.sqrt(0.15 * 0.85), True), (0.15, 0.3, False),
+                                                       (0.15, 0.0, False), (lesson.alpha, lesson.beta, True)])
+def test_beta_sqrt_alpha_one_minus_alpha_is_the_ddpm_posterior_step(alpha, beta, is_posterior):
     """For data at one point x0, the exact eps_hat is the noise (x - x0) / sigma. The forward process makes
     x_t = x_s + independent noise, so Cov(x_s, x_t) = sigma_s^2; one step of the sampler gives (1 - alpha) sigma_t^2.
     They agree only when sigma_s^2 = (1 - alpha) sigma_t^2, i.e. beta^2 = alpha (1 - alpha): that step is
-    q(x_s | x_t, x0_hat), DDPM's ancestral step (and beta = 0 is DDIM's)."""
+    q(x_s | x_t, x0_hat), DDPM's ancestral step (and beta = 0 is DDIM's). The lesson's defaults are such a step."""
     torch.manual_seed(0)
-    alpha, x0, sigma_t = 0.15, 0.3, 2.0
+    x0, sigma_t = 0.3, 2.0
     x_t = x0 + sigma_t * torch.randn(200_000, 1)
     x_s, sigma_s = next(lesson.reinjection_sampler(lambda x, sigma: (x - x0) / sigma[:, None], x_t, alpha, beta,
                                                    sigma_t, 0.01))
