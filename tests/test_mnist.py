@@ -313,7 +313,6 @@ def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples
         same_class_mix(labels, np.array([100] * 8 + [50, 50]) / 900, 900, torch.Generator().manual_seed(0))
 
 
-# ----------------------------------------------------------------------------- the scripts, end to end
 def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
     """Lesson 11 trains its LeNet after sampling: a sampler that draws more random numbers must not change the ruler
     that scores it, nor may training the LeNet change what the caller draws next."""
@@ -331,6 +330,7 @@ def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
     assert torch.equal(next_draws[0], torch.rand(3))
 
 
+# ----------------------------------------------------------------------------- the scripts, end to end
 def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
     result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "120", "--out", out)
