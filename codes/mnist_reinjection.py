@@ -3,8 +3,9 @@
 A denoiser conditioned on the noise level sigma (not on a step t) predicts the noise eps of x = x0 + sigma eps,
 trained on sigma drawn log-uniformly in [sigma_min, sigma_max]. Its UNet's output is scaled as in Karras et al. 2022
 (EDM, Table 1), so that an error of the network moves x0_hat = x - sigma eps_hat by at most sigma_data, not by sigma
-(up to 20); the loss weighs the noise levels as lesson 10's cosine schedule does, most near sigma_data, where a
-digit's shape is chosen. Sampling starts at x ~ N(0, sigma_max^2 I) and repeats, until sigma < sigma_min,
+(up to 20); the loss weighs the noise levels like lesson 10's cosine schedule, but centred on sigma_data = 0.5, the
+pixels' std, as in EDM, not on 1: at half the noise, where the strokes are drawn. Sampling starts at
+x ~ N(0, sigma_max^2 I) and repeats, until sigma < sigma_min,
     x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,     z ~ N(0, I)
     sigma <- sigma sqrt((1 - alpha)^2 + beta^2)
 Each step removes a fraction alpha of the predicted noise and puts back fresh noise of std beta sigma. If eps_hat
@@ -34,8 +35,8 @@ n_train = 60000  # training images used (fewer for a quick run)
 channels = 16  # UNet width at 32x32; twice that at 16x16 and 8x8
 sigma_min = 0.02  # smallest noise level, in units of the pixel range [-1, 1]; the sampler stops below it
 sigma_max = 20.0  # largest noise level: N(0, sigma_max^2) hides the digits (pixel std 0.6) completely
-sigma_data = 1.0  # about the RMS of the pixels; the network sees x / sqrt(sigma^2 + sigma_data^2)
-nb_epochs = 7  # passes over the training images
+sigma_data = 0.5  # about the std of the pixels (0.55), as EDM's; the loss weighs most the sigma near it
+nb_epochs = 8  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
@@ -66,9 +67,9 @@ def predict_noise(model, x, sigma, cfg):
 def reinjection_loss(model, x0, cfg):
     """|eps - eps_hat(x0 + sigma eps, sigma)|^2 with log sigma uniform, weighted by (sigma^2 + sigma_data^2) /
     sigma_data^2, which makes it |F - F*|^2, the UNet's own error, and by w = 2 sigma sigma_data / (sigma^2 +
-    sigma_data^2). w peaks at sigma_data, where a digit's shape is chosen; with it the log-uniform draw trains like
-    lesson 10's cosine schedule, whose log sigma has the density ~ sigma / (1 + sigma^2). Drawn on the CPU, as
-    --resume expects."""
+    sigma_data^2), which peaks at sigma_data. With sigma_data = 1 the log-uniform draw would train like lesson 10's
+    cosine schedule, whose log sigma has the density ~ sigma / (1 + sigma^2); 0.5 moves it to half the noise. Drawn
+    on the CPU, as --resume expects."""
     log_sigma = math.log(cfg.sigma_min) + torch.rand(len(x0)) * math.log(cfg.sigma_max / cfg.sigma_min)
     sigma, eps = log_sigma.exp().to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
     s, s_data = sigma.reshape(-1, 1, 1, 1), cfg.sigma_data  # (B, 1, 1, 1)

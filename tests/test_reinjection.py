@@ -88,7 +88,8 @@ def test_an_error_of_the_unet_costs_its_square_times_w(monkeypatch, u):
 def test_w_turns_the_log_uniform_draw_into_lesson_10s_cosine_schedule():
     """Lesson 10 draws t uniformly; its noise level sigma_t = sqrt((1 - abar_t) / abar_t) then has, per unit of
     log sigma, the density ~ sigma / (1 + sigma^2) (abar = cos^2(pi u / 2) gives sigma = tan(pi u / 2)). A log-uniform
-    draw weighted by w (sigma_data = 1, the lesson's) must match it, bin by bin, over [0.02, 20]."""
+    draw weighted by w with sigma_data = 1 must match it, bin by bin, over [0.02, 20]; w(sigma; sigma_data) is
+    w(sigma / sigma_data; 1), so the lesson's 0.5 is the same curve at half the sigma."""
     abar = cosine_schedule(1000).double()
     edges = torch.linspace(math.log(0.02), math.log(20.0), 13, dtype=torch.float64)
     cosine = torch.histogram(0.5 * ((1 - abar) / abar).log(), edges).hist  # steps per bin of log sigma_t
