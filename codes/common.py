@@ -82,6 +82,7 @@ def parse_config(doc, *files, argv=None):
     for path in files:
         constants.update(hyperparameters(path))
     for name, (default, help_text) in constants.items():
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30% higher" would crash -h
         if isinstance(default, bool):  # a switch: `--name` alone turns it on
             parser.add_argument(f"--{name}", action="store_true", default=default, help=help_text)
             continue
