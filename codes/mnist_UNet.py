@@ -178,10 +178,12 @@ def ddpm_loss(model, x0, alpha_bar, cfg):
     return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), a.sqrt() * eps - (1 - a).sqrt() * x0)  # eq. 4; v
 
 
-def train(images, loss_fn, cfg):
+def train(images, loss_fn, cfg, bf16=False):
     """Gradient steps on loss_fn(model, x0) over shuffled epochs. Every epoch ends with --out/model.pt, from which
-    --resume carries on exactly: the shuffling is seeded per epoch and the random state is saved."""
-    layout = torch.channels_last if cfg.device.type == "cpu" else torch.contiguous_format  # NHWC: epochs 13% faster
+    --resume carries on exactly: the shuffling is seeded per epoch and the random state is saved. bf16: the forward
+    and backward passes compute in bfloat16 (torch.autocast), while the weights and Adam's moments stay float32."""
+    # NHWC order: float32 epochs 13% faster on a CPU, but bfloat16 steps 1.8 times slower, so those keep NCHW
+    layout = torch.channels_last if cfg.device.type == "cpu" and not bf16 else torch.contiguous_format
     model = UNet(cfg.channels).to(cfg.device, memory_format=layout)
     ema, optimizer = copy.deepcopy(model).requires_grad_(False), torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     path = cfg.out / "model.pt"
@@ -192,7 +194,8 @@ def train(images, loss_fn, cfg):
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         for i, batch in enumerate(order.split(cfg.batch_size)):
             step = epoch * steps_per_epoch + i
-            loss = loss_fn(model, images[batch].to(cfg.device))
+            with torch.autocast(cfg.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(model, images[batch].to(cfg.device))
             for group in optimizer.param_groups:  # 100 warm-up steps, then a cosine down to 0
                 group["lr"] = cfg.lr * min(1, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / total))
             optimizer.zero_grad()

@@ -139,6 +139,27 @@ def test_unet_in_channels_last_order_computes_the_same():
     assert torch.allclose(model.to(memory_format=torch.channels_last)(x, t), reference, atol=1e-5)
 
 
+def test_bf16_training_computes_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch):
+    """train(..., bf16=True) runs the forward and backward passes under autocast; the UNet's output is then bfloat16,
+    while the weights that Adam updates and the EMA that samples stay float32."""
+    dtypes = []
+
+    class Recorder(lesson.UNet):
+        def forward(self, x, t):
+            out = super().forward(x, t)
+            dtypes.append(out.dtype)
+            return out
+
+    monkeypatch.setattr(lesson, "UNet", Recorder)
+    cfg = config(tmp_path, nb_epochs=1, batch_size=100, T=4)
+    alpha_bar = lesson.cosine_schedule(4)
+    ema, losses = lesson.train(torch.rand(300, 1, 28, 28) * 2 - 1,
+                               lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, cfg), cfg, bf16=True)
+    assert dtypes == [torch.bfloat16] * 3
+    assert all(p.dtype == torch.float32 for p in ema.parameters())
+    assert np.isfinite(losses).all()
+
+
 def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
     """With all-black images (x0 = -1), the network's input must be N(-sqrt(abar_t), 1 - abar_t) (eq. 4): the
     port's bug, noise scaled by sqrt(abar_t), would make it N(.., abar_t)."""
