@@ -14,9 +14,9 @@ recursion, a geometric decay. beta = 0 is a deterministic sampler; beta > 0 lets
 denoiser's mistakes (like the churn of Karras et al. 2022). After the stop, one jump to x0_hat = x - sigma eps_hat
 removes the noise that is left, of std sigma < sigma_min (the final denoising of Jolicoeur-Martineau et al.
 2021). The lesson trains once and samples both ways, from the same starting noise, and prints the Frechet LeNet
-Distance (FLD) of each.
+Distance (FLD) of each. Where the chip computes bfloat16 natively, the UNet runs in it (--bf16), weights in float32.
 
-    python codes/mnist_reinjection.py        # 24 min on a 2-core CPU; writes assets/mnist_reinjection.png
+    python codes/mnist_reinjection.py        # 26 min on a 2-core CPU; writes assets/mnist_reinjection.png
 """
 import math
 from argparse import Namespace
@@ -36,13 +36,14 @@ channels = 16  # UNet width at 32x32; twice that at 16x16 and 8x8
 sigma_min = 0.02  # smallest noise level, in units of the pixel range [-1, 1]; the sampler stops below it
 sigma_max = 20.0  # largest noise level: N(0, sigma_max^2) hides the digits (pixel std 0.55) completely
 sigma_data = 0.5  # about the std of the pixels (0.55), as EDM's; the loss weighs most the sigma near it
-nb_epochs = 8  # passes over the training images
+nb_epochs = 10  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
 alpha = 0.05  # fraction of the predicted noise removed per step (270 steps with beta; 0.15's 67: FLD 24-30% higher)
 beta = 0.218  # std of the reinjected noise, in units of sigma: sqrt(alpha (1 - alpha)), DDPM's step (ablation: 0)
 n_samples = 1000  # digits generated with each beta
+bf16 = "auto"  # auto|on|off: the UNet computes in bfloat16, its weights stay float32; auto: where the chip has it
 resume = False  # continue training from --out/model.pt instead of starting afresh
 assets = "assets"  # folder for the ablation grid that the README shows
 
@@ -103,6 +104,14 @@ def generate(model, x, beta, cfg, chunk=100):
     return ((torch.cat(digits) + 1) / 2).clamp(0, 1)
 
 
+def native_bf16(device):
+    """Whether the chip computes bfloat16 natively: CUDA since Ampere, x86 CPUs with AVX512-BF16. On a 2-core Xeon with
+    AMX it made epochs 32% and sampling 30% faster for the same FLD; emulated, it can be slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+
+
 # ----------------------------------------------------------------------------- results
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
@@ -110,10 +119,13 @@ if __name__ == "__main__":
     check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with beta = 0, got {cfg.beta}")
     check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
     assets = writable_folder(cfg.assets, "--assets")
+    bf16 = cfg.bf16 == "on" or cfg.bf16 == "auto" and native_bf16(cfg.device)
+    print(f"the UNet computes in {'bfloat16' if bf16 else 'float32'} on {cfg.device}")
     images = padded_mnist(cfg, "train", cfg.n_train)
-    ema, _ = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg)
+    ema, _ = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg, bf16)
     x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 32, 32, device=cfg.device)  # the same noise for both
-    samples = {beta: generate(ema, x_start, beta, cfg) for beta in (0.0, cfg.beta)}
+    with torch.autocast(cfg.device.type, dtype=torch.bfloat16, enabled=bf16):  # x and sigma stay float32
+        samples = {beta: generate(ema, x_start, beta, cfg) for beta in (0.0, cfg.beta)}
     test_digits = (padded_mnist(cfg, "t10k", cfg.n_samples)[:, 0, 2:30, 2:30] + 1) / 2
     save_results(cfg.out, samples[cfg.beta], test_digits)
 

@@ -119,6 +119,22 @@ def test_denoiser_sees_unit_scale_and_sigma():
     assert (small - large).abs().mean() > 1e-3  # the network is told sigma
 
 
+@pytest.mark.parametrize("sigma", [0.02, 0.5, 20.0])
+def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
+    """Where the chip has it, the lesson runs the UNet under torch.autocast in bfloat16 (8 bits of mantissa, steps of
+    0.4%). eps_hat must come out float32, so that the sampler's x keeps full precision, and within 2% of float32's;
+    that it differs at all shows that the convolutions did run in bfloat16."""
+    torch.manual_seed(0)
+    cfg = Namespace(sigma_min=0.02, sigma_max=20.0, sigma_data=0.5)
+    model, sigmas = UNet(8), torch.full((4,), sigma)
+    x = torch.rand(4, 1, 32, 32) * 2 - 1 + sigma * torch.randn(4, 1, 32, 32)
+    reference = lesson.predict_noise(model, x, sigmas, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = lesson.predict_noise(model, x, sigmas, cfg)
+    assert fast.dtype == torch.float32
+    assert 0 < ((fast - reference).norm() / reference.norm()).item() < 0.02
+
+
 @pytest.mark.parametrize("args, words", [(["--alpha", "0.05", "--beta", "0.5"], ["sigma never"]),
                                          (["--beta", "0"], ["--beta must be positive"])])
 def test_bad_sampler_settings_are_refused(run, tmp_path, args, words):
