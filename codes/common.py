@@ -17,7 +17,6 @@ import matplotlib
 import numpy as np
 import torch
 
-CONSTANT = re.compile(r"^([A-Za-z_]\w*)\s*=\s*(.+?)\s+#\s*(.+)$")  # `name = value  # help`, at top level only
 CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text starting with `a|b:` lists the allowed values
 
 
@@ -32,16 +31,25 @@ def check(condition, message):
 
 
 def hyperparameters(path):
-    """{name: (default, help)} for every `name = literal  # help` line of the file at `path`."""
-    found = {}
-    for line in Path(path).read_text().splitlines():
-        match = CONSTANT.match(line)
-        if match:
-            try:
-                value = ast.literal_eval(match.group(2))
-            except (ValueError, SyntaxError):
-                continue  # not a literal: an ordinary line of code with a comment
-            found[match.group(1)] = (value, match.group(3))
+    """{name: (default, help)} for every top-level `name = literal  # help` line of the file at `path`.
+    Every top-level name is a hyperparameter but for UPPER_CASE names of two letters or more (MODES), constants of
+    the lesson: one that is not a literal or lacks a help comment stops the run, naming its file and line."""
+    source = Path(path).read_text()
+    lines, found = source.splitlines(), {}
+    for node in ast.parse(source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        name, where = node.targets[0].id, f"{Path(path).name}, line {node.lineno}"
+        if (name.isupper() and len(name) > 1) or name.startswith("_"):
+            continue
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError:
+            fail(f"{where}: the hyperparameter {name} must be a plain value (a number, a string, a tuple), "
+                 "not an expression, to be a flag")
+        help_text = lines[node.end_lineno - 1][node.end_col_offset:].partition("#")[2].strip()
+        check(help_text, f"{where}: the hyperparameter {name} needs a `# help` comment, its flag's help text")
+        found[name] = (value, help_text)
     return found
 
 
@@ -75,8 +83,10 @@ def pick_device(name):
     return torch.device(name)
 
 
-def parse_config(doc, *files, argv=None):
-    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier one)."""
+def parse_config(doc, *files, argv=None, presets=None):
+    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier one).
+    presets = {flag: {value: {name: default}}}: when --flag takes that value, those defaults replace the file's,
+    except for the flags given on the command line (how `--method tutorial` sets the blog post's constants)."""
     parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     constants = {}
     for path in files:
@@ -102,6 +112,9 @@ def parse_config(doc, *files, argv=None):
                         help="auto picks cuda, then mps, then cpu (default: auto)")
     parser.add_argument("--out", type=Path, default=Path("outputs") / Path(files[-1]).stem,
                         help="folder for figures and .npy results (default: outputs/<script name>)")
+    for flag, values in (presets or {}).items():
+        chosen = getattr(parser.parse_known_args(argv)[0], flag)
+        parser.set_defaults(**values.get(chosen, {}))
     args = parser.parse_args(argv)
     for name in vars(args):
         value = getattr(args, name)

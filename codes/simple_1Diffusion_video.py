@@ -24,7 +24,7 @@ def noise_scales_figure(cfg, levels=(0.0, 0.1, 0.3, 1.0, 3.0)):
     """Histograms of x0 + sigma * n for a few sigma, each with the exact density N(mu, sigma_data^2 + sigma^2),
     on one shared x axis so that the spreading shows."""
     fig, axes = plt.subplots(1, len(levels), figsize=(3 * len(levels), 2.8), sharex=True)
-    x0 = lesson.sample_data(cfg.n_samples, cfg).cpu().numpy()[:, 0]
+    x0 = lesson.sample_data(cfg.test_size, cfg).cpu().numpy()[:, 0]
     grid = np.linspace(cfg.mu_data - 8, cfg.mu_data + 8, 2000)
     for ax, sigma in zip(axes, levels):
         x = x0 + sigma * np.random.randn(len(x0))
@@ -51,7 +51,7 @@ def frame(x, sigma, step, cfg):
         ax.set(xlim=(low, high), ylim=(0, top), yticks=[])
     ax_full.legend(loc="upper left", fontsize=8)
     ax_zoom.set_xlabel("x / sqrt(1 + sigma^2)   (bottom: zoom on the target)")
-    ax_full.set_title(f"step {step:2d}/{cfg.nb_steps}  sigma = {sigma:8.4f}\n"
+    ax_full.set_title(f"step {step:2d}/{cfg.N}  sigma = {sigma:8.4f}\n"
                       f"mean {x.mean():.3f} (target {cfg.mu_data:g})  std {x.std():.4f} (target {cfg.sigma_data:g})")
     image = figure_to_frame(fig)
     plt.close(fig)
@@ -66,6 +66,6 @@ if __name__ == "__main__":
     frames = [frame(x.cpu().numpy()[:, 0], sigma, step, cfg)
               for step, (sigma, x) in enumerate(zip(Sigmas.tolist(), trajectory))]
     write_gif(folder / "pdf_diffusion_gif.gif", frames, frame_ms=150)
-    save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.n_samples, cfg))
+    save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.test_size, cfg))
     x = trajectory[-1]
     print(f"generated: mean {x.mean():.3f} std {x.std():.4f} | target: mean {cfg.mu_data:.3f} std {cfg.sigma_data:.4f}")

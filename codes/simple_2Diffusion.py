@@ -22,13 +22,13 @@ mu_data = (-1.0, 1.0)  # mean of the data distribution N(mu_data, sigma_data^2 I
 sigma_data = 0.01  # std of each coordinate of the data
 sigma_min = 0.002  # smallest noise level of the ladder
 sigma_max = 20.0  # largest noise level: N(0, sigma_max^2 I) must hide mu_data, so sigma_max >> |mu_data|
-nb_steps = 40  # noise levels on the ladder = denoising steps
+N = 40  # noise levels on the ladder = denoising steps
 rho = 7.0  # curvature of the ladder: a larger rho spends more steps at small sigma
-hidden = 64  # width of the denoiser's hidden layers
+width = 64  # width of the denoiser's hidden layers
 nb_epochs = 3000  # training iterations, each on a fresh batch (2D needs a little more than 1D)
 batch_size = 1024  # samples per training iteration
 lr = 2e-3  # Adam learning rate, annealed to 0 along a cosine
-n_samples = 10000  # samples generated at the end
+test_size = 10000  # samples generated at the end
 
 
 # ----------------------------------------------------------------------------- data and noise levels
@@ -36,11 +36,11 @@ def sample_data(n, cfg):
     return torch.tensor(cfg.mu_data, device=cfg.device) + cfg.sigma_data * torch.randn(n, 2, device=cfg.device)
 
 
-def karras_sigmas(sigma_min, sigma_max, nb_steps, rho):
+def karras_sigmas(sigma_min, sigma_max, N, rho):
     """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then a final 0."""
-    ramp = torch.linspace(0, 1, nb_steps)
+    ramp = torch.linspace(0, 1, N)
     Sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([Sigmas, torch.zeros(1)])  # (nb_steps + 1,)
+    return torch.cat([Sigmas, torch.zeros(1)])  # (N + 1,)
 
 
 # ----------------------------------------------------------------------------- denoiser
@@ -49,11 +49,11 @@ class Denoiser(nn.Module):
     the network's input and its regression target at unit scale at every sigma. sigma_rms is the data's root
     mean square per coordinate: the data are not centred, so their std alone would be the wrong scale."""
 
-    def __init__(self, dim, hidden, sigma_rms):
+    def __init__(self, dim, width, sigma_rms):
         super().__init__()
         self.sigma_rms = sigma_rms
-        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, dim))
 
     def forward(self, x, sigma):  # x: (n, dim), sigma: (n, 1)
         total = sigma ** 2 + self.sigma_rms ** 2
@@ -103,11 +103,11 @@ def sample(denoiser, Sigmas, x):
 
 def run(cfg):
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
-    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.nb_steps, cfg.rho).to(cfg.device)
+    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
     sigma_rms = math.sqrt(sum(m ** 2 for m in cfg.mu_data) / 2 + cfg.sigma_data ** 2)
-    denoiser = Denoiser(2, cfg.hidden, sigma_rms).to(cfg.device)
+    denoiser = Denoiser(2, cfg.width, sigma_rms).to(cfg.device)
     losses = train(denoiser, sample_data, cfg)
-    trajectory = sample(denoiser, Sigmas, cfg.sigma_max * torch.randn(cfg.n_samples, 2, device=cfg.device))
+    trajectory = sample(denoiser, Sigmas, cfg.sigma_max * torch.randn(cfg.test_size, 2, device=cfg.device))
     return Sigmas, losses, trajectory
 
 
@@ -115,7 +115,7 @@ def run(cfg):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
     Sigmas, losses, trajectory = run(cfg)
-    means = torch.stack([x.mean(0) for x in trajectory]).tolist()  # (nb_steps + 1, 2)
+    means = torch.stack([x.mean(0) for x in trajectory]).tolist()  # (N + 1, 2)
     stds = torch.stack([x.std(0) for x in trajectory]).tolist()
     for i, (sigma, mean, std) in enumerate(zip(Sigmas.tolist(), means, stds)):
         print(f"step {i:2d}  sigma {sigma:9.4f}  mean ({mean[0]:7.4f}, {mean[1]:7.4f})  std ({std[0]:.4f}, {std[1]:.4f})")
@@ -127,7 +127,7 @@ if __name__ == "__main__":
     ax_std.semilogy((Sigmas ** 2 + cfg.sigma_data ** 2).sqrt().tolist(), "k--", label="exact")
     ax_std.set(title="sample std after each step", xlabel="step")
     ax_std.legend()
-    samples, data = trajectory[-1].cpu(), sample_data(cfg.n_samples, cfg).cpu()
+    samples, data = trajectory[-1].cpu(), sample_data(cfg.test_size, cfg).cpu()
     ax_cloud.scatter(*data.T, s=1, alpha=0.3, label="data")
     ax_cloud.scatter(*samples.T, s=1, alpha=0.3, label="generated")
     ax_cloud.set(title="final samples", aspect="equal")

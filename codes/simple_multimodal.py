@@ -20,14 +20,14 @@ from common import check, check_finite, parse_config, save_figure, save_results,
 sigma_data = 0.01  # std of each of the four Gaussians at (+-1, +-1)
 sigma_min = 0.002  # smallest noise level of the ladder
 sigma_max = 20.0  # largest noise level: N(0, sigma_max^2 I) must hide the modes, so sigma_max >> 1
-nb_steps = 40  # noise levels on the ladder = denoising steps
+N = 40  # noise levels on the ladder = denoising steps
 rho = 7.0  # curvature of the ladder: a larger rho spends more steps at small sigma
 gamma = 0.41  # churn: each step first raises sigma to sigma * (1 + gamma) with fresh noise (0 = plain Heun)
-hidden = 128  # width of the denoiser's hidden layers
+width = 128  # width of the denoiser's hidden layers
 nb_epochs = 3000  # training iterations, each on a fresh batch
 batch_size = 512  # samples per training iteration
 lr = 2e-3  # Adam learning rate, annealed to 0 along a cosine
-n_samples = 10000  # samples generated at the end
+test_size = 10000  # samples generated at the end
 
 MODES = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # (4, 2)
 
@@ -38,11 +38,11 @@ def sample_data(n, cfg):
     return modes + cfg.sigma_data * torch.randn(n, 2, device=cfg.device)
 
 
-def karras_sigmas(sigma_min, sigma_max, nb_steps, rho):
+def karras_sigmas(sigma_min, sigma_max, N, rho):
     """sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then a final 0."""
-    ramp = torch.linspace(0, 1, nb_steps)
+    ramp = torch.linspace(0, 1, N)
     Sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([Sigmas, torch.zeros(1)])  # (nb_steps + 1,)
+    return torch.cat([Sigmas, torch.zeros(1)])  # (N + 1,)
 
 
 # ----------------------------------------------------------------------------- denoiser
@@ -50,11 +50,11 @@ class Denoiser(nn.Module):
     """D(x, sigma) ~ E[x0 | x0 + sigma * n = x], with the scalings of Karras et al. 2022 (Table 1). sigma_rms is
     the data's root mean square per coordinate, sqrt(1 + sigma_data^2), since the data are not centred."""
 
-    def __init__(self, dim, hidden, sigma_rms):
+    def __init__(self, dim, width, sigma_rms):
         super().__init__()
         self.sigma_rms = sigma_rms
-        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(dim + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, dim))
 
     def forward(self, x, sigma):  # x: (n, dim), sigma: (n, 1)
         total = sigma ** 2 + self.sigma_rms ** 2
@@ -93,7 +93,7 @@ def sample(denoiser, Sigmas, x, gamma):
     trajectory = [x]
     for sigma, sigma_next in zip(Sigmas[:-1], Sigmas[1:]):
         if sigma_next > 0 and gamma > 0:  # churn; none on the last step, which lands on sigma = 0
-            sigma_hat = sigma * (1 + gamma)
+            sigma_hat = (sigma * (1 + gamma)).clamp(max=Sigmas[0])  # EDM's S_tmax: stay where D was trained
             x = x + (sigma_hat ** 2 - sigma ** 2).sqrt() * torch.randn_like(x)  # x now has noise level sigma_hat
             sigma = sigma_hat
         slope = (x - denoiser(x, sigma.expand(len(x), 1))) / sigma  # dx/dsigma at sigma
@@ -118,10 +118,10 @@ def mode_report(x, sigma_data):
 
 def run(cfg):
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
-    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.nb_steps, cfg.rho).to(cfg.device)
-    denoiser = Denoiser(2, cfg.hidden, math.sqrt(1 + cfg.sigma_data ** 2)).to(cfg.device)
+    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
+    denoiser = Denoiser(2, cfg.width, math.sqrt(1 + cfg.sigma_data ** 2)).to(cfg.device)
     losses = train(denoiser, sample_data, cfg)
-    noise = cfg.sigma_max * torch.randn(cfg.n_samples, 2, device=cfg.device)
+    noise = cfg.sigma_max * torch.randn(cfg.test_size, 2, device=cfg.device)
     return Sigmas, losses, sample(denoiser, Sigmas, noise, cfg.gamma)
 
 
@@ -132,7 +132,7 @@ if __name__ == "__main__":
     for i, (sigma, x) in enumerate(zip(Sigmas.tolist(), trajectory)):
         print(f"step {i:2d}  sigma {sigma:9.4f}  std ({x[:, 0].std():.4f}, {x[:, 1].std():.4f})")
 
-    samples, data = trajectory[-1].cpu(), sample_data(cfg.n_samples, cfg).cpu()
+    samples, data = trajectory[-1].cpu(), sample_data(cfg.test_size, cfg).cpu()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     axes[0].semilogy(losses)
     axes[0].set(title="training loss", xlabel="iteration")

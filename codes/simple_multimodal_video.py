@@ -36,10 +36,10 @@ if __name__ == "__main__":
     data = lesson.sample_data(cfg.n_shown, cfg).cpu()
     noise = torch.randn_like(data)
     frames = [frame(data + sigma * noise, sigma, "forward: noising the data") for sigma in levels]
-    frames += [frame(x[:cfg.n_shown].cpu(), sigma, f"reverse: denoising step {step}/{cfg.nb_steps}")
+    frames += [frame(x[:cfg.n_shown].cpu(), sigma, f"reverse: denoising step {step}/{cfg.N}")
                for step, (sigma, x) in enumerate(zip(Sigmas.tolist(), trajectory))]
     write_gif(folder / "denoising_4.gif", frames, frame_ms=120)
-    save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.n_samples, cfg))
+    save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.test_size, cfg))
     shares, off_mode, stds = lesson.mode_report(trajectory[-1], cfg.sigma_data)
     print("mode shares " + " ".join(f"{s:.3f}" for s in shares) + " (target 0.22-0.28 each), "
           f"off-mode {off_mode:.4f} (target < 0.01)")

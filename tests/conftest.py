@@ -1,4 +1,8 @@
-"""Shared fixtures: the lessons are importable as modules, and runnable as real subprocesses."""
+"""Shared fixtures: the lessons are importable as modules, and runnable as real subprocesses.
+
+`python -m pytest` checks the math, the command line, the data path and a smoke run of every script. Tests marked
+`quality` run lessons at their default settings and check the targets they print; they run only with
+`python -m pytest --quality`, which is what CI runs."""
 import gzip
 import os
 import subprocess
@@ -12,6 +16,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CODES = ROOT / "codes"
 sys.path.insert(0, str(CODES))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--quality", action="store_true", help="also run every lesson at its default settings and "
+                     "check its printed targets (several minutes)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "quality: a default-settings run of a lesson, checked against its targets")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--quality"):
+        skip = pytest.mark.skip(reason="a default-settings quality run: add --quality")
+        for item in items:
+            if "quality" in item.keywords:
+                item.add_marker(skip)
 
 
 def run_lesson(script, *args, timeout=600):

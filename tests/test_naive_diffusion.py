@@ -23,7 +23,7 @@ def test_karras_ladder_matches_its_formula():
 
 def test_denoiser_scalings_follow_karras_table_1():
     torch.manual_seed(0)
-    denoiser = simple_1Diffusion.Denoiser(1, 16, sigma_rms=2.0)
+    denoiser = simple_1Diffusion.Denoiser(16, sigma_rms=2.0)
     torch.nn.init.zeros_(denoiser.net[-1].weight)
     torch.nn.init.zeros_(denoiser.net[-1].bias)  # network output F = 0 leaves D = c_skip x
     x, sigma = torch.randn(8, 1), torch.full((8, 1), 2.0)
@@ -33,7 +33,7 @@ def test_denoiser_scalings_follow_karras_table_1():
 def test_denoiser_depends_on_sigma():
     """A network that ignores the noise level cannot denoise: its output must change with sigma alone."""
     torch.manual_seed(0)
-    denoiser = simple_1Diffusion.Denoiser(1, 16, sigma_rms=1.0)
+    denoiser = simple_1Diffusion.Denoiser(16, sigma_rms=1.0)
     x = torch.randn(8, 1)
     inner = [denoiser.net(torch.cat([x, torch.full((8, 1), s).log() / 4], 1)) for s in (0.1, 1.0)]
     assert not torch.allclose(*inner)

@@ -7,7 +7,7 @@ import pytest
 from conftest import CODES
 from test_mnist import MNIST_SCRIPTS
 
-TINY_TOY = ["--nb_epochs", "5", "--n_samples", "64", "--nb_steps", "6"]
+TINY_TOY = ["--nb_epochs", "5", "--test_size", "64", "--N", "6"]
 TINY_DDPM = ["--nb_epochs", "5", "--n_samples", "64", "--T", "8"]  # T < 10 and T < 50: edge cases of the printing
 # script: (extra arguments, files expected in --out, files expected in --assets)
 SCRIPTS = {
