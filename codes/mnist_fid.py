@@ -1,44 +1,48 @@
-"""The Frechet LeNet Distance (FLD): how far generated digits are from real ones, through a classifier's eyes.
+"""The Frechet LeNet Distance (FLD): how far generated digits are from real ones, to a LeNet.
 
-FID (Heusel et al. 2017) with a small LeNet-5-style MNIST classifier (LeCun et al. 1998) in place of Inception:
-fit a Gaussian to the classifier's penultimate features of each set of images, then take the Frechet distance
-between the two Gaussians (Dowson & Landau 1982),
+FID (Heusel et al. 2017) with a small LeNet-5-style MNIST classifier (LeCun et al. 1998) in place of
+Inception: fit a Gaussian to the classifier's penultimate features of each set of images, then take
+the Frechet distance between the two Gaussians (Dowson & Landau 1982),
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2)),
-with the true matrix square root, not an element-wise one. An FLD alone means little: at a finite n even real
-digits score above 0. So it also prints the floor (real training digits against the test set, at the same n; the
-mean of several draws, since one varies by a quarter) and a ceiling (noise with the digits' pixel mean and std),
-which digits a sample set contains, and how real digits in those proportions score: a wrong class mix alone costs
-more than a reader would guess.
+with the true matrix square root, not an element-wise one. An FLD alone means little: at a finite n
+even real digits score above 0. So it also prints the floor (real training digits against the test
+set, at the same n; the mean of several draws, since one alone is noisy) and a ceiling (noise
+with the digits' pixel mean and std), which digits a sample set contains, and how real digits in
+those proportions score: a wrong class mix alone costs more than a reader would guess.
 
     python codes/mnist_fid.py                       # scores outputs/mnist_UNet/samples.npy
     python codes/mnist_fid.py --samples other/samples.npy
 """
+from argparse import Namespace
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common import check, check_finite, fail, parse_config
-from mnist_UNet import load_mnist
+from mnist_plumbing import load_mnist
 
 samples = "outputs/mnist_UNet/samples.npy"  # the digits to score: (n, 28, 28) floats in [0, 1]
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
-mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
+mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # where missing MNIST files come from
 lenet_epochs = 2  # epochs of the classifier's training, done once and cached as --out/lenet.pt
 batch_size = 128  # images per step of the classifier's training
 lr = 1e-3  # Adam learning rate of the classifier
-floor_draws = 10  # draws of n training digits whose mean FLD is the floor; one draw alone varies by a quarter
+floor_draws = 10  # draws of n training digits whose mean FLD is the floor (one draw is noisy)
 
 
 # ----------------------------------------------------------------------------- the classifier
 class LeNet(nn.Module):
-    """LeNet-5 with ReLU and max-pooling: 28x28 -> 6@14x14 -> 16@5x5 -> 120 -> 84 features -> 10 classes."""
+    """LeNet-5 with ReLU and max-pooling: 28x28 -> 6@14x14 -> 16@5x5 -> 120 -> 84 features -> 10
+    classes."""
 
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),  # (n, 6, 14, 14)
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),  # (n, 400)
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())  # (n, 84)
         self.classify = nn.Linear(84, 10)
 
     def forward(self, x):  # x: (n, 28, 28) in [0, 1]
@@ -59,13 +63,13 @@ def train_lenet(images, labels, cfg):
 
 
 def load_classifier(cfg):
-    """The cached LeNet and its test accuracy, training it first if --out has none. It starts from --seed alone, not
-    from whatever the caller drew before (lesson 11 trains it after sampling): the same ruler for every sampler."""
+    """The cached LeNet and its test accuracy, training it first if --out has none. It starts from
+    --seed alone, not from whatever the caller drew before: at one seed, one ruler for every run."""
     path = cfg.out / "lenet.pt"
     with torch.random.fork_rng():  # the caller's random state is left as it was
         torch.manual_seed(cfg.seed)
         if not path.exists():
-            (train_x, train_y), (test_x, test_y) = (mnist(cfg, split) for split in ("train", "t10k"))
+            (train_x, train_y), (test_x, test_y) = mnist(cfg, "train"), mnist(cfg, "t10k")
             model = train_lenet(train_x, train_y, cfg)
             with torch.no_grad():
                 accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
@@ -76,7 +80,7 @@ def load_classifier(cfg):
             model = LeNet()
             model.load_state_dict(state["model"])
         except Exception as error:  # any damage to the cache: say which file, and how to mend it
-            fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it to train it again")
+            fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it")
     return model.eval(), state["accuracy"]
 
 
@@ -90,12 +94,14 @@ def mnist(cfg, split):
 @torch.no_grad()
 def features(model, images):
     """The classifier's 84 penultimate features of each image, as float64 numpy (n, 84)."""
-    return torch.cat([model.features(chunk[:, None] - 0.5) for chunk in images.split(1000)]).double().numpy()
+    chunks = [model.features(chunk[:, None] - 0.5) for chunk in images.split(1000)]
+    return torch.cat(chunks).double().numpy()
 
 
 def frechet_distance(f1, f2):
-    """d^2 between N(mu_1, S_1) and N(mu_2, S_2) fitted to the rows of f1 and f2. Tr (S_1 S_2)^(1/2) is the sum of
-    the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), a symmetric matrix similar to S_1 S_2."""
+    """d^2 between N(mu_1, S_1) and N(mu_2, S_2) fitted to the rows of f1 and f2. Tr (S_1 S_2)^(1/2)
+    is the sum of the square roots of the eigenvalues of S_1^(1/2) S_2 S_1^(1/2), a symmetric matrix
+    similar to S_1 S_2."""
     mu1, mu2 = f1.mean(0), f2.mean(0)
     s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
     w, v = np.linalg.eigh(s1)
@@ -105,14 +111,15 @@ def frechet_distance(f1, f2):
 
 
 def same_class_mix(labels, shares, n, generator):
-    """Indices of n digits, drawn by their true labels in the proportions `shares` (10,): real digits mixed like the
-    samples. Their FLD is what perfect digits in the wrong proportions would score."""
+    """Indices of n digits, drawn by their true labels in the proportions `shares` (10,): real
+    digits mixed like the samples. Their FLD is what perfect digits in the wrong proportions would
+    score."""
     counts = np.round(np.asarray(shares) * n).astype(int)  # (10,)
     pools = [torch.nonzero(labels == k)[:, 0] for k in range(10)]
     check(all(len(pool) for pool, count in zip(pools, counts) if count),
-          "the training labels lack a digit that the samples hold, so their class mix cannot be drawn")
+          "the training labels lack a digit that the samples hold: their mix cannot be drawn")
     draws = [pool[torch.randint(len(pool), (count,), generator=generator)]
-             for pool, count in zip(pools, counts) if count]  # randint cannot draw from an empty pool, even 0 times
+             for pool, count in zip(pools, counts) if count]  # randint fails on an empty pool
     return torch.cat(draws)  # (n,)
 
 
@@ -122,45 +129,63 @@ def load_samples(path):
     except OSError as error:
         fail(f"cannot read --samples {path}: {error.strerror or error}")
     except ValueError:  # numpy's own text here suggests unpickling, which we never do
-        fail(f"cannot read --samples {path}: not a complete .npy array of numbers, as numpy.save writes")
-    check(array.ndim == 3 and array.shape[1:] == (28, 28), f"--samples {path} has shape {array.shape}, not (n, 28, 28)")
-    check(np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1, f"--samples {path} is not all in [0, 1]")
-    check(len(array) >= 100, f"--samples {path} has {len(array)} images; a Frechet distance needs hundreds")
+        fail(f"cannot read --samples {path}: not a complete .npy array, as numpy.save writes")
+    check(array.ndim == 3 and array.shape[1:] == (28, 28),
+          f"--samples {path} has shape {array.shape}, not (n, 28, 28)")
+    check(np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1,
+          f"--samples {path} is not all in [0, 1]")
+    check(len(array) >= 100, f"--samples {path} has {len(array)} images; an FLD needs hundreds")
     return torch.from_numpy(array).float()
 
 
-def report(model, named_samples, cfg):
-    """Print the floor, the ceiling and one FLD row per named sample set, with its ratio to the floor, its class mix
-    and the FLD of real digits in that mix; return {name: FLD}."""
+def report(model, named_samples, cfg, labels=None):
+    """Print the floor, the ceiling and one FLD row per named sample set, with its ratio to the
+    floor, its class mix and the FLD of real digits in that mix; with `labels` (the digit each
+    sample was asked for), also the share that LeNet reads as that digit. Return {name: FLD}."""
     (train_x, train_y), (test_x, _) = mnist(cfg, "train"), mnist(cfg, "t10k")
     reference = features(model, test_x)
     n = len(next(iter(named_samples.values())))
-    generator = torch.Generator().manual_seed(cfg.seed)  # the same reference rows whether or not LeNet was trained
+    generator = torch.Generator().manual_seed(cfg.seed)  # the same draws, trained LeNet or cached
     draws = [torch.randperm(len(train_x), generator=generator)[:n] for _ in range(cfg.floor_draws)]
     floors = [frechet_distance(features(model, train_x[draw]), reference) for draw in draws]
     floor = float(np.mean(floors))
-    noise = (train_x.mean() + train_x.std() * torch.randn(n, 28, 28, generator=generator)).clamp(0, 1)
+    noise = train_x.mean() + train_x.std() * torch.randn(n, 28, 28, generator=generator)
+    noise = noise.clamp(0, 1)
     print(f"FLD against the {len(test_x)} test digits, n = {n}:")
-    print(f"  {'real training digits (floor)':<32} {floor:9.2f}  (mean of {len(floors)} draws: {min(floors):.2f} to "
-          f"{max(floors):.2f})")
-    print(f"  {'noise with their pixel stats':<32} {frechet_distance(features(model, noise), reference):9.2f}")
+    print(f"  {'real training digits (floor)':<32} {floor:9.2f}  (mean of {len(floors)} draws: "
+          f"{min(floors):.2f} to {max(floors):.2f})")
+    print(f"  {'noise with their pixel stats':<32} "
+          f"{frechet_distance(features(model, noise), reference):9.2f}")
     scores = {}
     for name, images in named_samples.items():
         scores[name] = frechet_distance(features(model, images), reference)
         with torch.no_grad():
-            shares = np.bincount(model(images).argmax(1).numpy(), minlength=10) / len(images)
-        print(f"  {name:<32} {scores[name]:9.2f}  = {scores[name] / floor:.2f}x the floor (target <= 3)")
+            read = torch.cat([model(chunk) for chunk in images.split(1000)]).argmax(1)  # (n,)
+        shares = np.bincount(read.numpy(), minlength=10) / len(images)
+        ratio = scores[name] / floor
+        print(f"  {name:<32} {scores[name]:9.2f}  = {ratio:.2f}x the floor (target <= 3)")
         print(f"  {'':<32} classes 0-9: {' '.join(f'{s:.0%}' for s in shares)} "
-              f"(min {shares.min():.1%}, max {shares.max():.1%}; target 5-15% each)")
-        mixed = frechet_distance(features(model, train_x[same_class_mix(train_y, shares, n, generator)]), reference)
-        print(f"  {'':<32} real digits in these proportions score {mixed:.2f} = {mixed / floor:.2f}x the floor "
-              f"(the class mix alone)")
+              f"(min {shares.min():.1%}, max {shares.max():.1%})")
+        mix = train_x[same_class_mix(train_y, shares, n, generator)]
+        mixed = frechet_distance(features(model, mix), reference)
+        print(f"  {'':<32} real digits in these proportions score {mixed:.2f} = "
+              f"{mixed / floor:.2f}x the floor (the class mix alone)")
+        if labels is not None:
+            agree = (read == labels).float().mean().item()
+            print(f"  {'':<32} LeNet reads the requested digit in {agree:.1%} (target >= 99%)")
     return scores
+
+
+def score(named_samples, cfg, labels=None):
+    """The report above, from a caller's run: this script's settings, the caller's data, --out and
+    --seed. At the same --seed, every lesson is scored by the very same LeNet."""
+    settings = Namespace(data=cfg.data, mirror=cfg.mirror, out=cfg.out, seed=cfg.seed, lr=lr,
+                         lenet_epochs=lenet_epochs, batch_size=batch_size, floor_draws=floor_draws)
+    model, accuracy = load_classifier(settings)
+    print(f"LeNet test accuracy {accuracy:.2%}")
+    return report(model, named_samples, settings, labels)
 
 
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
-    images = load_samples(cfg.samples)
-    model, accuracy = load_classifier(cfg)
-    print(f"LeNet test accuracy {accuracy:.2%}")
-    report(model, {f"samples ({cfg.samples})": images}, cfg)
+    score({f"samples ({cfg.samples})": load_samples(cfg.samples)}, cfg)
