@@ -1,144 +1,195 @@
-"""Noise reinjection on MNIST: the "simple diffusion model" of the seed documents, with a number for "it helps".
+"""Noise reinjection on MNIST: a denoiser told the noise level sigma, and the tutorial's sampler.
 
-A denoiser conditioned on the noise level sigma (not on a step t) predicts the noise eps of x = x0 + sigma eps,
-trained on sigma drawn log-uniformly in [sigma_min, sigma_max]. Its UNet's output is scaled as in Karras et al. 2022
-(EDM, Table 1), so that an error of the network moves x0_hat = x - sigma eps_hat by at most sigma_data, not by sigma
-(up to 20); the loss weighs the noise levels like lesson 10's cosine schedule, but centred on sigma_data = 0.5, the
-pixels' std, as in EDM, not on 1: at half the noise, where the strokes are drawn. Sampling starts at
-x ~ N(0, sigma_max^2 I) and repeats, until sigma < sigma_min,
-    x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,     z ~ N(0, I)
+Lesson 10's network was told a step t of a schedule; this one is told sigma itself, as the toy
+lessons' denoiser was, and predicts the noise eps of x = x0 + sigma eps. Its UNet (lesson 10's) is
+wrapped in the scalings of Karras et al. 2022 (EDM, Table 1), so that an error of the network moves
+the guess of x0 by at most sigma_data, the data's std, instead of sigma (up to 20). Sampling
+repeats, from x ~ N(0, sigma_max^2 I) until sigma < sigma_min,
+    x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,        z ~ N(0, I)
     sigma <- sigma sqrt((1 - alpha)^2 + beta^2)
-Each step removes a fraction alpha of the predicted noise and puts back fresh noise of std beta sigma. If eps_hat
-were the noise itself, (1 - alpha) sigma of it would be left, and independent noise adds in quadrature: hence the
-recursion, a geometric decay. beta = 0 is a deterministic sampler; beta > 0 lets the fresh noise correct the
-denoiser's mistakes (like the churn of Karras et al. 2022). After the stop, one jump to x0_hat = x - sigma eps_hat
-removes the noise that is left, of std sigma < sigma_min (the final denoising of Jolicoeur-Martineau et al.
-2021). The lesson trains once and samples both ways, from the same starting noise, and prints the Frechet LeNet
-Distance (FLD) of each. Where the chip computes bfloat16 natively, the UNet runs in it (--bf16), weights in float32.
+removing a fraction alpha of the predicted noise and putting back fresh noise of std beta sigma. If
+eps_hat were the noise itself, (1 - alpha) sigma of it would be left, and independent noises add in
+quadrature: hence the recursion. beta = sqrt(alpha (1 - alpha)) makes each step DDPM's ancestral
+step; beta = 0 is deterministic (DDIM). A last jump to x - sigma eps_hat removes the noise left (the
+final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains once, samples with beta and
+with beta = 0 on the same noise levels (the same number of network evaluations), and prints the
+Frechet LeNet Distance (FLD) of each.
 
-    python codes/mnist_reinjection.py        # 26 min on a 2-core CPU; writes assets/mnist_reinjection.png
+    python codes/mnist_reinjection.py        # 25 min on a 2-core CPU; a checkpoint every epoch
 """
+import copy
 import math
-from argparse import Namespace
+import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 import mnist_fid
-from common import check, parse_config, save_figure, save_results, show_figures, writable_folder
-from mnist_UNet import image_grid, load_mnist, train
+from common import check, check_finite, parse_config, save_figure, save_results, show_figures
+from common import writable_folder
+from mnist_plumbing import (Progress, autocast, image_grid, load_mnist, resume_training,
+                            save_checkpoint, use_bf16)
+from mnist_UNet import UNet  # lesson 10's UNet, told log sigma in place of t
 
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
-mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # URL that missing MNIST files are downloaded from
+mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # where missing MNIST files come from
 n_train = 60000  # training images used (fewer for a quick run)
-channels = 16  # UNet width at 32x32; twice that at 16x16 and 8x8
-sigma_min = 0.02  # smallest noise level, in units of the pixel range [-1, 1]; the sampler stops below it
-sigma_max = 20.0  # largest noise level: N(0, sigma_max^2) hides the digits (pixel std 0.55) completely
-sigma_data = 0.5  # about the std of the pixels (0.55), as EDM's; the loss weighs most the sigma near it
-nb_epochs = 10  # passes over the training images
+channels = 16  # UNet width at 28x28; twice that at 14x14 and 7x7
+sigma_min = 0.02  # smallest noise level (pixels span [-1, 1]); the sampler stops below it
+sigma_max = 20.0  # largest noise level: N(0, sigma_max^2 I) hides a digit completely
+nb_epochs = 12  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
-alpha = 0.05  # fraction of the predicted noise removed per step (270 steps with beta; 0.15's 67: FLD 24-30% higher)
-beta = 0.218  # std of the reinjected noise, in units of sigma: sqrt(alpha (1 - alpha)), DDPM's step (ablation: 0)
+alpha = 0.05  # fraction of the predicted noise removed per step
+beta = 0.218  # std of the fresh noise, in units of sigma: sqrt(alpha (1 - alpha)) is DDPM's step
 n_samples = 1000  # digits generated with each beta
-bf16 = "auto"  # auto|on|off: the UNet computes in bfloat16, its weights stay float32; auto: where the chip has it
+bf16 = "auto"  # auto|on|off: compute in bfloat16, weights in float32; auto: where the chip has it
 resume = False  # continue training from --out/model.pt instead of starting afresh
-assets = "assets"  # folder for the ablation grid that the README shows
+assets = ""  # also write the README's picture into this folder (empty: only into --out)
+CHECKPOINT = {"lesson": "mnist_reinjection.py", "predicts": "EDM's F (eps via c_skip, c_out)",
+              "shape": ("channels", "sigma_min", "sigma_max")}  # the tag of its checkpoints
 
 
-# ----------------------------------------------------------------------------- data: MNIST padded to 32x32
-def padded_mnist(cfg, split, n=None):
-    images, _ = load_mnist(cfg.data, split, cfg.mirror, n)  # (n, 1, 28, 28) in [-1, 1]
-    return F.pad(images, (2, 2, 2, 2), value=-1.0)  # (n, 1, 32, 32): a black border, as the seed's 32x32
+# ----------------------------------------------------------------------------- data
+def centred_mnist(cfg):
+    """The training digits (n, 1, 28, 28), in [-1, 1] minus their pixels' mean; that mean; and their
+    std, sigma_data. Karras et al.'s scalings assume data of mean 0 and std sigma_data: centred, the
+    std is also the root mean square, as lessons 1-3 required of sigma_rms."""
+    images, _ = load_mnist(cfg.data, "train", cfg.mirror, cfg.n_train)
+    return images - images.mean(), images.mean().item(), images.std().item()
 
 
-# ----------------------------------------------------------------------------- the sigma-conditioned denoiser
-def predict_noise(model, x, sigma, cfg):
-    """eps_hat(x, sigma) = (x - D) / sigma, with EDM's denoised guess D = c_skip x + c_out F of x0 from the UNet's
-    output F. The UNet sees x / sqrt(sigma^2 + sigma_data^2), of unit scale at every sigma (c_in), and log sigma mapped
-    onto [0, 1000], the range its sinusoidal embedding expects. c_out <= sigma_data bounds what an error of F costs."""
-    level = 1000 * (sigma.log() - math.log(cfg.sigma_min)) / math.log(cfg.sigma_max / cfg.sigma_min)  # (n,)
-    s, s_data = sigma.reshape(-1, 1, 1, 1), cfg.sigma_data  # (n, 1, 1, 1)
-    c_skip, c_out = s_data ** 2 / (s ** 2 + s_data ** 2), s * s_data / (s ** 2 + s_data ** 2).sqrt()
-    return (x - c_skip * x - c_out * model(x / (s ** 2 + s_data ** 2).sqrt(), level)) / s
+# ----------------------------------------------------------------------------- the denoiser
+def predict_noise(model, x, sigma, sigma_data, cfg):
+    """eps_hat(x, sigma) = (x - D) / sigma, where D = c_skip x + c_out F(c_in x, sigma) is EDM's
+    guess of x0 from the UNet's output F. The UNet is told log sigma, mapped onto [0, 1000], the
+    range of lesson 10's t that its sinusoidal embedding expects."""
+    s = sigma.reshape(-1, 1, 1, 1)  # (n, 1, 1, 1)
+    c_skip = sigma_data ** 2 / (s ** 2 + sigma_data ** 2)  # Table 1: how much of x passes through
+    c_out = s * sigma_data / (s ** 2 + sigma_data ** 2).sqrt()  # the scale of what the UNet adds
+    c_in = (s ** 2 + sigma_data ** 2).rsqrt()  # makes the UNet's input of unit variance
+    level = 1000 * (sigma.log() - math.log(cfg.sigma_min)) / math.log(cfg.sigma_max / cfg.sigma_min)
+    denoised = c_skip * x + c_out * model(c_in * x, level).float()
+    return (x - denoised) / s
 
 
-def reinjection_loss(model, x0, cfg):
-    """|eps - eps_hat(x0 + sigma eps, sigma)|^2 with log sigma uniform, weighted by (sigma^2 + sigma_data^2) /
-    sigma_data^2, which makes it |F - F*|^2, the UNet's own error, and by w = 2 sigma sigma_data / (sigma^2 +
-    sigma_data^2), which peaks at sigma_data. With sigma_data = 1 the log-uniform draw would train like lesson 10's
-    cosine schedule, whose log sigma has the density ~ sigma / (1 + sigma^2); 0.5 moves it to half the noise. Drawn
-    on the CPU, as --resume expects."""
-    log_sigma = math.log(cfg.sigma_min) + torch.rand(len(x0)) * math.log(cfg.sigma_max / cfg.sigma_min)
-    sigma, eps = log_sigma.exp().to(cfg.device), torch.randn(x0.shape).to(cfg.device)  # (B,), like x0
-    s, s_data = sigma.reshape(-1, 1, 1, 1), cfg.sigma_data  # (B, 1, 1, 1)
-    weight = (s ** 2 + s_data ** 2) / s_data ** 2 * 2 * s * s_data / (s ** 2 + s_data ** 2)  # to |F - F*|^2, times w
-    return (weight * (predict_noise(model, x0 + s * eps, sigma, cfg) - eps) ** 2).mean()
+# ----------------------------------------------------------------------------- training
+def draw_sigma(n, sigma_data, cfg):
+    """sigma = sigma_data tan(u), u uniform: lesson 10's cosine schedule in units of sigma (there,
+    sigma_t = tan(pi t / 2T) with sigma_data = 1). Per unit of log sigma its density is
+    ~ sigma sigma_data / (sigma^2 + sigma_data^2), highest at sigma_data: it spends the training
+    where a digit takes shape, not where it is already clean or still absent."""
+    low, high = math.atan(cfg.sigma_min / sigma_data), math.atan(cfg.sigma_max / sigma_data)
+    return sigma_data * torch.tan(low + (high - low) * torch.rand(n))  # (n,)
+
+
+def reinjection_loss(model, x0, sigma_data, cfg):
+    """|eps - eps_hat(x0 + sigma eps, sigma)|^2, weighted by (sigma^2 + sigma_data^2) /
+    sigma_data^2, which makes it |F - F*|^2, the UNet's own error, the same at every sigma. sigma
+    and eps are drawn on the CPU, whose random state --resume restores."""
+    sigma = draw_sigma(len(x0), sigma_data, cfg).to(cfg.device)  # (B,)
+    eps = torch.randn(x0.shape).to(cfg.device)  # like x0
+    s = sigma.reshape(-1, 1, 1, 1)
+    weight = (s ** 2 + sigma_data ** 2) / sigma_data ** 2  # 1 / c_out^2, times sigma^2
+    return (weight * (predict_noise(model, x0 + s * eps, sigma, sigma_data, cfg) - eps) ** 2).mean()
+
+
+def train(images, sigma_data, bf16, cfg):
+    """Lesson 10's loop with this lesson's loss: AdamW over shuffled epochs, 100 warm-up steps and a
+    cosine decay of the learning rate, an EMA of the weights, a checkpoint every epoch."""
+    model = UNet(cfg.channels).to(cfg.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    checkpoint, parts = cfg.out / "model.pt", dict(model=model, ema=ema, optimizer=optimizer)
+    start, losses = resume_training(checkpoint, CHECKPOINT, cfg, **parts) if cfg.resume else (0, [])
+    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    total = cfg.nb_epochs * steps_per_epoch
+    progress = Progress(cfg.nb_epochs, steps_per_epoch, start)
+    for epoch in range(start, cfg.nb_epochs):
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        batches = torch.randperm(len(images), generator=shuffle).split(cfg.batch_size)
+        for i, batch in enumerate(batches):
+            step = epoch * steps_per_epoch + i
+            warmup, cosine = min(1, (step + 1) / 100), (1 + math.cos(math.pi * step / total)) / 2
+            optimizer.param_groups[0]["lr"] = cfg.lr * warmup * cosine
+            with autocast(cfg.device, bf16):
+                loss = reinjection_loss(model, images[batch].to(cfg.device), sigma_data, cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short memory at first
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)  # e <- decay e + (1 - decay) p
+            losses.append(loss.item())
+            check_finite(losses[-1], step)
+            progress.show(epoch, i, np.mean(losses[-50:]))
+        save_checkpoint(checkpoint, CHECKPOINT, cfg, epoch + 1, losses, **parts)
+    return ema
 
 
 # ----------------------------------------------------------------------------- the sampler
 @torch.no_grad()
-def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min):
-    """From x ~ N(0, sigma_max^2 I), yield (x, sigma) after each step of the update in the docstring at the top."""
+def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min, trajectory=None):
+    """From x ~ N(0, sigma_max^2 I), the steps of the docstring at the top until sigma < sigma_min,
+    then the final jump x - sigma eps_hat. Appends (x, sigma) after each step to `trajectory` if one
+    is given; returns the denoised x."""
     sigma = sigma_max
-    while sigma > sigma_min:
+    while sigma >= sigma_min:
         eps = eps_hat(x, torch.full((len(x),), sigma, device=x.device))
         x = x - alpha * sigma * eps + beta * sigma * torch.randn_like(x)
         sigma = sigma * math.sqrt((1 - alpha) ** 2 + beta ** 2)
-        yield x, sigma
+        if trajectory is not None:
+            trajectory.append((x, sigma))
+    return x - sigma * eps_hat(x, torch.full((len(x),), sigma, device=x.device))
 
 
-def generate(model, x, beta, cfg, chunk=100):
-    """Digits (n, 28, 28) in [0, 1]: the sampler, then x0_hat at its last sigma, cropped back from 32x32. On a 2-core
-    CPU, chunks of 100 ran 20% faster than 500."""
-    digits = []
-    for start in range(0, len(x), chunk):
-        for x_k, sigma_k in reinjection_sampler(lambda x, s: predict_noise(model, x, s, cfg), x[start:start + chunk],
-                                                cfg.alpha, beta, cfg.sigma_max, cfg.sigma_min):
-            pass
-        sigma = torch.full((len(x_k),), sigma_k, device=x.device)
-        x_k = x_k - sigma.reshape(-1, 1, 1, 1) * predict_noise(model, x_k, sigma, cfg)  # the final denoising jump
-        digits.append(x_k[:, 0, 2:30, 2:30].cpu())
-    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)
-
-
-def native_bf16(device):
-    """Whether the chip computes bfloat16 natively: CUDA since Ampere, x86 CPUs with AVX512-BF16. On a 2-core Xeon with
-    AMX it cut the time of an epoch by 32% and of sampling by 30%, at the same FLD; emulated, it can be slower."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
+def generate(model, x_start, alpha, beta, sigma_data, mean, bf16, cfg, chunk=100):
+    """Digits (n, 28, 28) in [0, 1] from the starting noise x_start, `chunk` at a time."""
+    eps_hat, digits = lambda x, sigma: predict_noise(model, x, sigma, sigma_data, cfg), []
+    for start in range(0, len(x_start), chunk):
+        with autocast(cfg.device, bf16):
+            x = reinjection_sampler(eps_hat, x_start[start:start + chunk], alpha, beta,
+                                    cfg.sigma_max, cfg.sigma_min)
+        digits.append((x[:, 0] + mean).cpu())  # back from the centred data
+    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
 
 
 # ----------------------------------------------------------------------------- results
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
-    check(cfg.sigma_min < cfg.sigma_max and cfg.alpha < 1, "need --sigma_min < --sigma_max and --alpha < 1")
-    check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with beta = 0, got {cfg.beta}")
-    check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
-    assets = writable_folder(cfg.assets, "--assets")
-    bf16 = cfg.bf16 == "on" or cfg.bf16 == "auto" and native_bf16(cfg.device)
-    print(f"the UNet computes in {'bfloat16' if bf16 else 'float32'} on {cfg.device}")
-    images = padded_mnist(cfg, "train", cfg.n_train)
-    ema, _ = train(images, lambda model, x0: reinjection_loss(model, x0, cfg), cfg, bf16)
-    x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 32, 32, device=cfg.device)  # the same noise for both
-    with torch.autocast(cfg.device.type, dtype=torch.bfloat16, enabled=bf16):  # x and sigma stay float32
-        samples = {beta: generate(ema, x_start, beta, cfg) for beta in (0.0, cfg.beta)}
-    test_digits = (padded_mnist(cfg, "t10k", cfg.n_samples)[:, 0, 2:30, 2:30] + 1) / 2
-    save_results(cfg.out, samples[cfg.beta], test_digits)
+    check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
+    check(cfg.alpha < 1, f"--alpha must be below 1, got {cfg.alpha}")
+    check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with 0, got {cfg.beta}")
+    ratio = math.sqrt((1 - cfg.alpha) ** 2 + cfg.beta ** 2)  # sigma's factor per step
+    check(ratio < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
+    pictures = writable_folder(cfg.assets, "--assets") if cfg.assets else cfg.out
+    images, mean, sigma_data = centred_mnist(cfg)
+    bf16 = use_bf16(cfg.bf16, cfg.device)
+    print(f"{len(images)} training digits, pixel mean {mean:.3f}, sigma_data {sigma_data:.3f}; "
+          f"{cfg.device}, {'bfloat16' if bf16 else 'float32'}")
+    clock = time.time()
+    ema = train(images, sigma_data, bf16, cfg)
+    print(f"training {(time.time() - clock) / 60:.1f} min")
+    x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 28, 28, device=cfg.device)  # for both
+    samplers = {f"beta = {cfg.beta:g}": (cfg.alpha, cfg.beta),  # deterministic on the same ladder:
+                "beta = 0": (1 - ratio, 0.0)}  # alpha' removes what alpha and beta together remove
+    steps = math.ceil(math.log(cfg.sigma_min / cfg.sigma_max) / math.log(ratio))  # + the last jump
+    samples = {}
+    for name, (alpha_k, beta_k) in samplers.items():
+        clock = time.time()
+        samples[name] = generate(ema, x_start, alpha_k, beta_k, sigma_data, mean, bf16, cfg)
+        print(f"{name}, alpha = {alpha_k:.4f}: {steps + 1} network evaluations per digit, "
+              f"{(time.time() - clock) / 60:.1f} min")
+    test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
+    save_results(cfg.out, samples[f"beta = {cfg.beta:g}"], test_digits)
 
-    # mnist_fid's settings and --seed: the LeNet, cached in --out, is the one that scores lesson 10, the same ruler
-    fid_cfg = Namespace(data=cfg.data, mirror=cfg.mirror, out=cfg.out, seed=cfg.seed, lr=mnist_fid.lr,
-                        lenet_epochs=mnist_fid.lenet_epochs, batch_size=mnist_fid.batch_size,
-                        floor_draws=mnist_fid.floor_draws)
-    lenet, accuracy = mnist_fid.load_classifier(fid_cfg)
-    print(f"LeNet test accuracy {accuracy:.2%}")
-    scores = mnist_fid.report(lenet, {f"beta = {beta:g}": digits for beta, digits in samples.items()}, fid_cfg)
+    scores = mnist_fid.score(samples, cfg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, (beta, digits) in zip(axes, samples.items()):
+    for ax, (name, digits) in zip(axes, samples.items()):
         ax.imshow(image_grid(digits, min(8, math.isqrt(len(digits)))), cmap="gray")
-        ax.set(title=f"beta = {beta:g}: FLD {scores[f'beta = {beta:g}']:.1f}", xticks=[], yticks=[])
-    save_figure(fig, assets / "mnist_reinjection.png")
+        ax.set(title=f"{name}: FLD {scores[name]:.1f}", xticks=[], yticks=[])
+    save_figure(fig, pictures / "mnist_reinjection.png")
     show_figures()
