@@ -1,9 +1,10 @@
-"""Command-line plumbing shared by the lessons. Nothing about diffusion lives here: read the lessons instead.
+"""Command-line plumbing shared by the lessons. Nothing about diffusion lives here.
 
-Each top-level line of a lesson of the form `name = value  # help` is a hyperparameter. `parse_config` turns
-every one into a flag `--name` (with `help` as its help text), adds `--seed`, `--device` and `--out`, checks
-the values, seeds the random generators, picks the device and creates the output folder. Bad input ends the
-run with one line on stderr and a non-zero exit code, never a traceback.
+Each top-level line of a lesson of the form `name = value  # help` is a hyperparameter.
+`parse_config` turns every one into a flag `--name` (with `help` as its help text), adds `--seed`,
+`--device` and `--out`, checks the values, seeds the random generators, picks the device and creates
+the output folder. Bad input ends the run with one line on stderr and a non-zero exit code, never a
+traceback.
 """
 import argparse
 import ast
@@ -17,7 +18,7 @@ import matplotlib
 import numpy as np
 import torch
 
-CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text starting with `a|b:` lists the allowed values
+CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text that starts `a|b:` lists the choices
 
 
 def fail(message):
@@ -31,24 +32,31 @@ def check(condition, message):
 
 
 def hyperparameters(path):
-    """{name: (default, help)} for every top-level `name = literal  # help` line of the file at `path`.
-    Every top-level name is a hyperparameter but for UPPER_CASE names of two letters or more (MODES), constants of
-    the lesson: one that is not a literal or lacks a help comment stops the run, naming its file and line."""
+    """{name: (default, help)} for every top-level `name = literal  # help` line of the file at
+    `path`. Every top-level name is a hyperparameter but for UPPER_CASE names of two letters or more
+    (MODES), constants of the lesson: one that is not a literal or lacks a help comment stops the
+    run, naming its file and line."""
     source = Path(path).read_text()
-    lines, found = source.splitlines(), {}
-    for node in ast.parse(source).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+    lines, found, tree = source.splitlines(), {}, ast.parse(source)
+    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    bound = {alias.asname or alias.name for node in imports for alias in node.names}
+    bound |= {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    for node in tree.body:
+        simple = isinstance(node, ast.Assign) and len(node.targets) == 1
+        if not (simple and isinstance(node.targets[0], ast.Name)):
             continue
         name, where = node.targets[0].id, f"{Path(path).name}, line {node.lineno}"
         if (name.isupper() and len(name) > 1) or name.startswith("_"):
             continue
+        check(name not in bound, f"{where}: the hyperparameter {name} hides the import or function "
+              "of the same name; rename one of them")
         try:
             value = ast.literal_eval(node.value)
         except ValueError:
-            fail(f"{where}: the hyperparameter {name} must be a plain value (a number, a string, a tuple), "
-                 "not an expression, to be a flag")
+            fail(f"{where}: the hyperparameter {name} must be a plain value (a number, a string, "
+                 "a tuple), not an expression, to be a flag")
         help_text = lines[node.end_lineno - 1][node.end_col_offset:].partition("#")[2].strip()
-        check(help_text, f"{where}: the hyperparameter {name} needs a `# help` comment, its flag's help text")
+        check(help_text, f"{where}: the hyperparameter {name} needs a `# help` comment")
         found[name] = (value, help_text)
     return found
 
@@ -67,7 +75,8 @@ def finite_float(text):
     return value
 
 
-positive_int.__name__, finite_float.__name__ = "positive integer", "finite number"  # argparse's error text
+positive_int.__name__ = "positive integer"  # the words of argparse's error message
+finite_float.__name__ = "finite number"
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,7 +85,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def pick_device(name):
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}
     if name == "auto":
         name = next(d for d in ("cuda", "mps", "cpu") if available[d])
     check(available[name], f"--device {name} is not available on this machine (try --device auto)")
@@ -84,15 +94,16 @@ def pick_device(name):
 
 
 def parse_config(doc, *files, argv=None, presets=None):
-    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier one).
-    presets = {flag: {value: {name: default}}}: when --flag takes that value, those defaults replace the file's,
-    except for the flags given on the command line (how `--method tutorial` sets the blog post's constants)."""
+    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier
+    one). presets = {flag: {value: {name: default}}}: when --flag takes that value, those defaults
+    replace the file's, except for the flags given on the command line (how `--method tutorial` sets
+    the blog post's constants)."""
     parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     constants = {}
     for path in files:
         constants.update(hyperparameters(path))
     for name, (default, help_text) in constants.items():
-        help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30% higher" would crash -h
+        help_text = help_text.replace("%", "%%")  # argparse %-formats help: a bare % crashes -h
         if isinstance(default, bool):  # a switch: `--name` alone turns it on
             parser.add_argument(f"--{name}", action="store_true", default=default, help=help_text)
             continue
@@ -156,12 +167,14 @@ def save_figure(fig, path):
 def save_results(out, samples, data):
     """samples.npy: the generated samples, one per row; data.npy: a fresh draw of the same size."""
     for name, array in (("samples", samples), ("data", data)):
-        np.save(out / f"{name}.npy", array.detach().cpu().numpy() if torch.is_tensor(array) else array)
+        values = array.detach().cpu().numpy() if torch.is_tensor(array) else array
+        np.save(out / f"{name}.npy", values)
     print(f"wrote {out / 'samples.npy'} and {out / 'data.npy'}")
 
 
 def show_figures():
-    """Open the figures in a window only where there is a display; saved files are the real output."""
+    """Open the figures in a window only where there is a display; saved files are the real
+    output."""
     if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
         import matplotlib.pyplot as plt
         plt.show()

@@ -1,5 +1,6 @@
-"""The MNIST lessons, offline and small: the IDX reader, the checked download, the UNet, exact resuming, the samplers
-against a closed form, the Frechet distance against closed forms, and a smoke run of each script on tiny data."""
+"""The MNIST lessons, offline and small: the IDX reader, the checked download, the UNet, exact resuming, checkpoints
+that no other lesson can load, the samplers against a closed form, the Frechet distance against closed forms, and
+a smoke run of each script on tiny data."""
 import functools
 import gzip
 import hashlib
@@ -14,12 +15,16 @@ import numpy as np
 import pytest
 import torch
 
+import mnist_guidance
+import mnist_plumbing as plumbing
+import mnist_reinjection
 import mnist_UNet as lesson
 from conftest import write_idx
 from mnist_fid import frechet_distance, load_classifier, same_class_mix
 from test_cli import assert_clean_error
 
-MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py")  # smoke-run here
+MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py", "mnist_guidance.py",
+                 "mnist_guidance_video.py", "mnist_plumbing.py")  # smoke-run (or, for the plumbing, used) here
 TINY_UNET = ["--n_train", "64", "--channels", "8", "--T", "50", "--nb_epochs", "1", "--batch_size", "32",
              "--sampling_steps", "5"]
 
@@ -27,7 +32,7 @@ TINY_UNET = ["--n_train", "64", "--channels", "8", "--T", "50", "--nb_epochs", "
 def config(tmp_path, **changes):
     """The lesson's defaults, made tiny, as parse_config would hand them over."""
     cfg = dict(channels=8, T=50, nb_epochs=2, batch_size=16, lr=1e-3, ema_decay=0.99, seed=0, resume=False,
-               sampler="ddpm", sampling_steps=10, device=torch.device("cpu"), out=tmp_path)
+               sampler="ddpm", sampling_steps=10, device=torch.device("cpu"), out=tmp_path, p_uncond=0.1)
     tmp_path.mkdir(exist_ok=True)
     return Namespace(**{**cfg, **changes})
 
@@ -36,7 +41,7 @@ def config(tmp_path, **changes):
 def test_read_idx_reads_what_was_written(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28))
     write_idx(tmp_path / "images.gz", images)
-    assert np.array_equal(lesson.read_idx(tmp_path / "images.gz", (28, 28)).numpy(), images)
+    assert np.array_equal(plumbing.read_idx(tmp_path / "images.gz", (28, 28)).numpy(), images)
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -50,7 +55,7 @@ def test_damaged_idx_files_name_the_file(tmp_path, damage, words):
     write_idx(path, np.zeros((5, 28, 28)))
     damage(path)
     with pytest.raises(SystemExit, match="error: .*train-images-idx3-ubyte.gz") as error:
-        lesson.read_idx(path, (28, 28))
+        plumbing.read_idx(path, (28, 28))
     for word in words:
         assert word in str(error.value)
 
@@ -60,7 +65,7 @@ def test_label_count_must_match(tmp_path, tiny_mnist):
     shutil.copytree(tiny_mnist, folder)
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.zeros(159))
     with pytest.raises(SystemExit, match="160 images but 159 labels"):
-        lesson.load_mnist(folder, "train", "http://127.0.0.1:9/")
+        plumbing.load_mnist(folder, "train", "http://127.0.0.1:9/")
 
 
 # ----------------------------------------------------------------------------- the download
@@ -84,7 +89,7 @@ def checksums_of(folder):
 
 
 def test_download_fetches_and_verifies(tmp_path, tiny_mnist, mirror):
-    lesson.download(tmp_path / "data", mirror, checksums_of(tiny_mnist))
+    plumbing.download(tmp_path / "data", mirror, checksums_of(tiny_mnist))
     for name in checksums_of(tiny_mnist):
         assert (tmp_path / "data" / name).read_bytes() == (tiny_mnist / name).read_bytes()
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(checksums_of(tiny_mnist))
@@ -93,7 +98,7 @@ def test_download_fetches_and_verifies(tmp_path, tiny_mnist, mirror):
 def test_checksum_mismatch_leaves_nothing(tmp_path, tiny_mnist, mirror):
     checksums = {name: "0" * 32 for name in checksums_of(tiny_mnist)}
     with pytest.raises(SystemExit, match="expected 0{32}; nothing was saved"):
-        lesson.download(tmp_path / "data", mirror, checksums)
+        plumbing.download(tmp_path / "data", mirror, checksums)
     assert list((tmp_path / "data").iterdir()) == []  # no file, and no half-written .part either
 
 
@@ -131,14 +136,6 @@ def test_unet_keeps_the_shape_and_listens_to_t():
     assert (early - late).abs().mean() > 1e-3
 
 
-def test_unet_in_channels_last_order_computes_the_same():
-    """train() stores the UNet channels-last on a CPU for speed; its first conv has one input channel, the case of a
-    past silent bug of PyTorch (issue 82060), so check that the order changes the speed only."""
-    model, x, t = lesson.UNet(8), torch.randn(3, 1, 28, 28), torch.tensor([5, 400, 900])
-    reference = model(x, t)
-    assert torch.allclose(model.to(memory_format=torch.channels_last)(x, t), reference, atol=1e-5)
-
-
 def test_bf16_training_computes_in_bfloat16_and_keeps_float32_weights(tmp_path, monkeypatch):
     """train(..., bf16=True) runs the forward and backward passes under autocast; the UNet's output is then bfloat16,
     while the weights that Adam updates and the EMA that samples stay float32."""
@@ -152,9 +149,7 @@ def test_bf16_training_computes_in_bfloat16_and_keeps_float32_weights(tmp_path, 
 
     monkeypatch.setattr(lesson, "UNet", Recorder)
     cfg = config(tmp_path, nb_epochs=1, batch_size=100, T=4)
-    alpha_bar = lesson.cosine_schedule(4)
-    ema, losses = lesson.train(torch.rand(300, 1, 28, 28) * 2 - 1,
-                               lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, cfg), cfg, bf16=True)
+    ema, losses = lesson.train(torch.rand(300, 1, 28, 28) * 2 - 1, lesson.cosine_schedule(4), True, cfg)
     assert dtypes == [torch.bfloat16] * 3
     assert all(p.dtype == torch.float32 for p in ema.parameters())
     assert np.isfinite(losses).all()
@@ -173,7 +168,7 @@ def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
     monkeypatch.setattr(lesson, "UNet", Recorder)
     cfg = config(tmp_path, nb_epochs=1, batch_size=250, T=4)
     alpha_bar = lesson.cosine_schedule(4)
-    lesson.train(-torch.ones(1000, 1, 28, 28), lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, cfg), cfg)
+    lesson.train(-torch.ones(1000, 1, 28, 28), alpha_bar, False, cfg)
     x, t = torch.cat([x for x, _ in seen]), torch.cat([t for _, t in seen])
     for step in range(4):
         pixels = x[t == step]
@@ -181,20 +176,16 @@ def test_training_sees_the_forward_marginal(tmp_path, monkeypatch):
         assert abs(pixels.var() / (1 - alpha_bar[step]) - 1) < 0.02
 
 
-def test_a_few_steps_lower_the_loss():
+def test_training_lowers_the_lessons_own_loss(tmp_path):
+    """The lesson's train() with its ddpm_loss, on 64 copies of one digit-like pattern: the loss history it returns
+    must fall. A loop that never steps the optimizer, or steps it before the gradient exists, fails here."""
     torch.manual_seed(0)
-    model = lesson.UNet(8)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    x, t = torch.randn(16, 1, 28, 28), torch.randint(0, 50, (16,))
-    eps = torch.randn_like(x)
-    losses = []
-    for _ in range(30):
-        loss = ((model(x, t) - eps) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
+    pattern = -torch.ones(1, 1, 28, 28)
+    pattern[..., 6:22, 12:16] = 1.0  # a white bar
+    cfg = config(tmp_path, nb_epochs=12, batch_size=16, lr=3e-3, T=50)
+    _, losses = lesson.train(pattern.repeat(64, 1, 1, 1), lesson.cosine_schedule(50), False, cfg)
+    assert len(losses) == 48
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), (losses[:8], losses[-8:])
 
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
@@ -202,12 +193,11 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     the same model, EMA, optimizer state and loss history."""
     images = torch.rand(48, 1, 28, 28) * 2 - 1
     alpha_bar = lesson.cosine_schedule(50)
-    loss = lambda model, x0: lesson.ddpm_loss(model, x0, alpha_bar, config(tmp_path))
     torch.manual_seed(0)
-    lesson.train(images, loss, config(tmp_path / "straight"))
+    lesson.train(images, alpha_bar, False, config(tmp_path / "straight"))
 
-    def save_then_stop(path, model, ema, optimizer, epoch, *rest):
-        save(path, model, ema, optimizer, epoch, *rest)
+    def save_then_stop(path, tag, cfg, epoch, *rest, **parts):
+        save(path, tag, cfg, epoch, *rest, **parts)
         if epoch == 1:
             raise KeyboardInterrupt
 
@@ -215,9 +205,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(lesson, "save_checkpoint", save_then_stop)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        lesson.train(images, loss, config(tmp_path / "resumed"))
+        lesson.train(images, alpha_bar, False, config(tmp_path / "resumed"))
     torch.manual_seed(123)  # a new process: the random state must come from the checkpoint
-    lesson.train(images, loss, config(tmp_path / "resumed", resume=True))
+    lesson.train(images, alpha_bar, False, config(tmp_path / "resumed", resume=True))
     straight, resumed = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("straight", "resumed"))
     assert straight["epoch"] == resumed["epoch"] == 2
     for key in ("model", "ema"):
@@ -228,22 +218,55 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert torch.equal(straight["losses"], resumed["losses"])
 
 
-def test_resume_refuses_a_damaged_or_foreign_checkpoint(run, tmp_path, tiny_mnist):
+def test_resume_refuses_a_damaged_checkpoint(run, tmp_path, tiny_mnist):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--resume", "--out", tmp_path)
     assert_clean_error(result, "cannot read the checkpoint", "model.pt")
 
 
-@pytest.mark.parametrize("script, flag", [("mnist_UNet.py", "--resume"), ("mnist_UNet_video.py", "--checkpoint")])
-def test_an_eps_checkpoint_is_refused(run, tmp_path, tiny_mnist, script, flag):
-    """A checkpoint from before the lesson predicted v holds weights of the same shape that mean something else: read
-    as v, they would make garbage without a word."""
-    weights = lesson.UNet(8).state_dict()
-    old = {"model": weights, "ema": weights, "epoch": 1, "config": {"channels": 8, "T": 50}}  # no "target": "v"
-    torch.save(old, tmp_path / "model.pt")
+# ----------------------------------------------------------------------------- checkpoints of one lesson only
+LESSONS = {"mnist_UNet.py": lesson, "mnist_reinjection.py": mnist_reinjection, "mnist_guidance.py": mnist_guidance}
+LOADERS = [("mnist_UNet.py", lesson), ("mnist_UNet_video.py", lesson), ("mnist_reinjection.py", mnist_reinjection),
+           ("mnist_guidance.py", mnist_guidance), ("mnist_guidance_video.py", mnist_guidance)]
+
+
+def checkpoint_of(writer, path):
+    """A real checkpoint as the lesson `writer` saves it (its tag, tiny weights), or one of the old format, which had
+    no lesson in it."""
+    cfg = Namespace(channels=8, T=50, sigma_min=0.02, sigma_max=20.0)
+    if writer == "old":
+        weights = lesson.UNet(8).state_dict()
+        torch.save({"model": weights, "ema": weights, "epoch": 1, "target": "v", "config": {"channels": 8}}, path)
+    else:
+        plumbing.save_checkpoint(path, LESSONS[writer].CHECKPOINT, cfg, 1, [0.5], model=lesson.UNet(8))
+    return cfg
+
+
+@pytest.mark.parametrize("writer", ["old", *LESSONS])
+@pytest.mark.parametrize("loader, module", LOADERS)
+def test_every_loader_refuses_another_lessons_checkpoint(tmp_path, writer, loader, module):
+    """Same shapes, other meaning: lesson 11's UNet outputs EDM's F, lesson 13's takes a label. Each script that
+    loads a checkpoint checks it with its lesson's tag and refuses any other lesson's in one line naming both."""
+    cfg = checkpoint_of(writer, tmp_path / "model.pt")
+    if writer == loader or LESSONS.get(writer) is module:
+        assert plumbing.load_checkpoint(tmp_path / "model.pt", module.CHECKPOINT, cfg, "--resume")["epoch"] == 1
+        return
+    with pytest.raises(SystemExit) as stop:
+        plumbing.load_checkpoint(tmp_path / "model.pt", module.CHECKPOINT, cfg, "--resume")
+    message = str(stop.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert module.CHECKPOINT["lesson"] in message and (writer in message or "older version" in message)
+
+
+@pytest.mark.parametrize("script, flag, writer", [("mnist_UNet_video.py", "--checkpoint", "mnist_reinjection.py"),
+                                                  ("mnist_reinjection.py", "--resume", "mnist_UNet.py"),
+                                                  ("mnist_guidance.py", "--resume", "mnist_UNet.py")])
+def test_the_scripts_check_the_tag(run, tmp_path, tiny_mnist, script, flag, writer):
+    """The same refusal, end to end: the scripts do call the check (a subprocess each, so only three)."""
+    checkpoint_of(writer, tmp_path / "model.pt")
     args = ["--checkpoint", tmp_path / "model.pt", "--assets", tmp_path] if flag == "--checkpoint" else ["--resume"]
-    result = run(script, "--data", tiny_mnist, *TINY_UNET, *args, "--out", tmp_path)
-    assert_clean_error(result, "predicted eps", "model.pt")
+    result = run(script, "--data", tiny_mnist, *TINY_UNET[:4], *args, "--out", tmp_path)
+    assert_clean_error(result, f"written by {writer}", "model.pt")
 
 
 # ----------------------------------------------------------------------------- samplers, with the exact denoiser
@@ -268,11 +291,24 @@ def test_samplers_with_the_exact_v_reach_the_data(sampler, steps, tolerance, mea
     [-1, 1] would pull the end darker."""
     torch.manual_seed(0)
     alpha_bar = lesson.cosine_schedule(1000)
-    x = torch.randn(100, 1, 28, 28)
-    for x in lesson.reverse_process(exact_v(mean, 0.3, alpha_bar), alpha_bar, x, sampler, steps):
-        pass
+    x, model = torch.randn(100, 1, 28, 28), exact_v(mean, 0.3, alpha_bar)
+    visited = lesson.visited_steps(1000, steps)
+    for t, s in zip(visited[:-1], visited[1:]):
+        x = lesson.reverse_step(model, alpha_bar, x, t, s, sampler)
     assert abs(x.mean() - mean) < 0.01
     assert abs(x.std() / 0.3 - 1) < tolerance
+
+
+def test_sample_maps_the_pixels_to_0_1(tmp_path):
+    """sample() draws from N(0, I) and returns (n, 28, 28) in [0, 1]: with the exact v of pixels N(-0.2, 0.3^2) in
+    [-1, 1] its digits must have mean 0.4 and std 0.15, before any clamping matters (a sample() that forgets
+    (x + 1) / 2 still lies in [0, 1] once clamped, and fails here)."""
+    torch.manual_seed(0)
+    alpha_bar = lesson.cosine_schedule(200)
+    cfg = config(tmp_path, T=200, sampling_steps=200)
+    digits = lesson.sample(exact_v(-0.2, 0.3, alpha_bar), alpha_bar, 30, False, cfg, chunk=16)
+    assert digits.shape == (30, 28, 28)
+    assert abs(digits.mean().item() - 0.4) < 0.01 and abs(digits.std().item() / 0.15 - 1) < 0.05
 
 
 def test_the_loss_targets_v():
@@ -292,13 +328,6 @@ def test_the_loss_targets_v():
     batch = x0.expand(64, -1, -1, -1)
     assert lesson.ddpm_loss(exact("v"), batch, alpha_bar, cfg) < 1e-8
     assert lesson.ddpm_loss(exact("eps"), batch, alpha_bar, cfg) > 0.1
-
-
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_samplers_return_digits_in_range(tmp_path, sampler):
-    cfg = config(tmp_path, sampler=sampler)
-    digits = lesson.sample(lesson.UNet(8), lesson.cosine_schedule(50), 7, cfg, chunk=4)
-    assert digits.shape == (7, 28, 28) and digits.min() >= 0 and digits.max() <= 1
 
 
 # ----------------------------------------------------------------------------- the Frechet distance
@@ -356,7 +385,8 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
     result = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "120", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert "UNet with" in result.stdout and f"wrote {out / 'model.pt'} (epoch 1)" in result.stdout
+    assert "UNet of" in result.stdout and f"wrote {out / 'model.pt'} (epoch 1)" in result.stdout
+    assert "x the floor" in result.stdout  # the lesson scores its own digits
     samples, data = np.load(out / "samples.npy"), np.load(out / "data.npy")
     assert samples.shape == data.shape == (120, 28, 28) and samples.min() >= 0 and samples.max() <= 1
     assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
@@ -374,28 +404,57 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
     video = run("mnist_UNet_video.py", "--data", tiny_mnist, "--channels", "8", "--T", "50", "--sampling_steps", "10",
                 "--n_frames", "6", "--n_shown", "4", "--checkpoint", out / "model.pt", "--assets", assets, "--out", out)
     assert video.returncode == 0, video.stderr
-    assert (assets / "mnist_UNet.gif").stat().st_size > 0
+    assert (assets / "mnist_UNet.gif").stat().st_size > 0 and (assets / "mnist_UNet_samples.png").exists()
 
-    resumed = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "8", "--resume", "--out", out)
+    resumed = run("mnist_UNet.py", "--data", tiny_mnist, *TINY_UNET, "--n_samples", "100", "--resume", "--out", out)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stderr
 
 
 def test_reinjection_end_to_end(run, tmp_path, tiny_mnist):
     result = run("mnist_reinjection.py", "--data", tiny_mnist, "--n_train", "64", "--channels", "8", "--nb_epochs", "1",
-                 "--batch_size", "32", "--sigma_max", "2", "--alpha", "0.3", "--n_samples", "20",
-                 "--assets", tmp_path / "assets", "--out", tmp_path / "out")
+                 "--batch_size", "32", "--sigma_max", "2", "--alpha", "0.3", "--n_samples", "20", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    for words in ("beta = 0 ", "beta = 0.218 ", "x the floor", "wrote"):
+    for words in ("beta = 0 ", "beta = 0.218 ", "x the floor", "sigma_data"):
         assert words in result.stdout
-    assert np.load(tmp_path / "out" / "samples.npy").shape == (20, 28, 28)
-    assert (tmp_path / "assets" / "mnist_reinjection.png").stat().st_size > 0
+    evaluations = re.findall(r"alpha = [\d.]+: (\d+) network evaluations", result.stdout)
+    assert len(evaluations) == 2 and evaluations[0] == evaluations[1]  # the pair costs the same
+    assert np.load(tmp_path / "samples.npy").shape == (20, 28, 28)
+    assert (tmp_path / "mnist_reinjection.png").stat().st_size > 0  # into --out: assets/ only on request
 
 
-def test_video_trains_a_quick_model_without_checkpoint(run, tmp_path, tiny_mnist):
-    result = run("mnist_UNet_video.py", "--data", tiny_mnist, *TINY_UNET, "--n_frames", "4", "--n_shown", "4",
-                 "--assets", tmp_path, "--out", tmp_path / "out")
+def test_guidance_end_to_end(run, tmp_path, tiny_mnist):
+    out, assets = tmp_path / "out", tmp_path / "assets"
+    result = run("mnist_guidance.py", "--data", tiny_mnist, *TINY_UNET, "--n_per_digit", "12", "--out", out)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "mnist_UNet.gif").stat().st_size > 0
+    for words in ("w = 1 ", "w = 2 ", "w = 3 ", "LeNet reads the requested digit", "x the floor"):
+        assert words in result.stdout
+    samples, labels = np.load(out / "samples.npy"), np.load(out / "labels.npy")
+    assert samples.shape == np.load(out / "data.npy").shape == (120, 28, 28) and 0 <= samples.min() <= samples.max() <= 1
+    assert np.array_equal(labels, np.repeat(np.arange(10), 12)) and (out / "samples.png").exists()
+
+    sevens = run("mnist_guidance.py", "--data", tiny_mnist, *TINY_UNET, "--resume", "--digit", "7", "--out", out)
+    assert sevens.returncode == 0, sevens.stderr
+    assert set(np.load(out / "labels.npy")) == {7} and "resumed from" in sevens.stdout
+
+    video = run("mnist_guidance_video.py", "--data", tiny_mnist, *TINY_UNET[2:], "--n_frames", "4", "--n_columns", "2",
+                "--checkpoint", out / "model.pt", "--assets", assets, "--out", out)
+    assert video.returncode == 0, video.stderr
+    assert (assets / "mnist_guidance.gif").stat().st_size > 0 and (assets / "mnist_guidance_samples.png").exists()
+
+
+@pytest.mark.parametrize("args, words", [(["--digit", "12"], ["--digit", "12"]), (["--guidance", "-1"], ["w", "-1"]),
+                                         (["--guidance", "nan"], ["--guidance"])])
+def test_guidance_refuses_bad_flags(run, tmp_path, args, words):
+    assert_clean_error(run("mnist_guidance.py", *args, "--out", tmp_path), *words)
+
+
+@pytest.mark.parametrize("script", ["mnist_UNet_video.py", "mnist_guidance_video.py"])
+def test_video_trains_a_quick_model_without_checkpoint(run, tmp_path, tiny_mnist, script):
+    extra = ["--n_shown", "4"] if script == "mnist_UNet_video.py" else ["--n_columns", "1"]
+    result = run(script, "--data", tiny_mnist, *TINY_UNET, "--n_frames", "4", *extra, "--assets", tmp_path,
+                 "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / script.replace("_video.py", ".gif")).stat().st_size > 0
 
 
 def test_fid_refuses_bad_samples(run, tmp_path, tiny_mnist):
