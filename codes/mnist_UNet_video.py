@@ -1,5 +1,6 @@
-"""Lesson 10 as a GIF: a grid of digits emerging from noise, x_t at each step of the reverse
-process, and a grid of 100 digits of the same model.
+"""Lesson 10 as a GIF: digits emerging from noise, x_t after each step of the reverse process.
+
+It also draws a grid of 100 digits of the same model, the README's picture.
 
 It samples with the EMA weights of a checkpoint of mnist_UNet.py (or, without --checkpoint, of a
 quick model trained first with the flags of mnist_UNet.py, which default here to one epoch on 10,000

@@ -1,5 +1,6 @@
-"""Lesson 13 as a GIF: digits emerging from noise under classifier-free guidance, one row per digit
-asked for, x_t at each step of the reverse process; and the 10 x 10 grid of the same model.
+"""Lesson 13 as a GIF: digits emerging under classifier-free guidance, one row per digit asked for.
+
+It shows x_t after each step of the reverse process, and draws the 10 x 10 grid of the same model.
 
 It samples with the EMA weights of a checkpoint of mnist_guidance.py (or, without --checkpoint, of a
 quick model trained first with the flags of mnist_guidance.py, which default here to one epoch on

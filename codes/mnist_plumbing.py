@@ -1,5 +1,6 @@
-"""Plumbing of the MNIST lessons, kept out of them so that they read as data, network, loss,
-training loop and sampler. Nothing about diffusion lives here.
+"""Plumbing of the MNIST lessons: data files, checkpoints, progress, bfloat16. No diffusion here.
+
+Kept out of the lessons so that they read as data, network, loss, training loop and sampler.
 
 - the data: the four IDX files of MNIST, downloaded once from a mirror and checked against their
   published MD5, read without torchvision, with a one-line error for a damaged file;

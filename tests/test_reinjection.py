@@ -4,10 +4,12 @@ on tiny IDX files is in test_mnist.py."""
 import math
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 
 import mnist_reinjection as lesson
+from conftest import write_idx
 from mnist_UNet import UNet, cosine_schedule
 from test_cli import assert_clean_error
 
@@ -116,14 +118,19 @@ def test_generate_ends_on_the_data_after_its_final_jump(beta):
     assert (digits - (x0[0, 0] - 0.1 + 1) / 2).abs().max() < 1e-4
 
 
-def test_centred_digits_reach_the_unet_at_unit_scale(tiny_mnist):
+def test_centred_digits_reach_the_unet_at_unit_scale(tmp_path):
     """The docstring's claim: centred, and with sigma_data their std, the digits plus noise reach the UNet as
-    c_in x with mean square 1 at every sigma. Uncentred (mean -0.7 here), or with sigma_data = 0.5, it would be off
-    at small sigma."""
+    c_in x with mean square 1 at every sigma. Here 30% of the pixels are white (mean -0.4, std 0.92): uncentred, or
+    with MNIST's sigma_data 0.5 written in, the input would be off at small sigma."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "t10k"):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", 255 * (rng.random((50, 28, 28)) < 0.3))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(50) % 10)
     torch.manual_seed(0)
-    cfg = Namespace(**vars(CFG), data=tiny_mnist, mirror="", n_train=None)
+    cfg = Namespace(**vars(CFG), data=tmp_path, mirror="", n_train=None)
     images, mean, sigma_data = lesson.centred_mnist(cfg)
-    assert abs(images.mean().item()) < 1e-5 and mean < -0.5 and sigma_data == pytest.approx(images.std().item())
+    assert abs(images.mean().item()) < 1e-5 and mean == pytest.approx(-0.4, abs=0.02)
+    assert sigma_data == pytest.approx(0.92, abs=0.02)
     for sigma in (0.02, 1.0, 20.0):
         unet = PointUNet(images[:1], sigma_data)
         lesson.predict_noise(unet, images + sigma * torch.randn_like(images), torch.full((len(images),), sigma),

@@ -1,4 +1,5 @@
-"""Every script in codes/ runs end to end as a real subprocess with tiny settings and writes its outputs."""
+"""Every script in codes/ runs end to end with tiny settings and writes its outputs: inside the test process, which
+spares a fresh import of torch per script, and, for one lesson, as the real subprocess a user starts."""
 from pathlib import Path
 
 import numpy as np
@@ -27,19 +28,15 @@ SCRIPTS = {
     "nonequilibrium_2015.py": (TINY_DDPM, ["bound.png"], ["nonequilibrium_2015.png"]),
 }
 NO_SAMPLES = {"ddpm_coefficients.py"}  # it plots the schedule; nothing is sampled
-NOT_LESSONS = {"common.py"}
+NOT_LESSONS = {"common.py"}  # the plumbing; mnist_plumbing.py is among the MNIST_SCRIPTS
 
 
 def test_every_script_has_a_smoke_run():
     assert {p.name for p in CODES.glob("*.py")} - NOT_LESSONS == set(SCRIPTS) | set(MNIST_SCRIPTS)
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_smoke(run, tmp_path, script):
-    args, out_files, asset_files = SCRIPTS[script]
-    out, assets = tmp_path / "out", tmp_path / "assets"
-    extra = ["--assets", assets] if asset_files else []
-    result = run(script, *args, *extra, "--out", out)
+def check_outputs(result, script, out, assets):
+    _, out_files, asset_files = SCRIPTS[script]
     assert result.returncode == 0, result.stderr
     for name in out_files:
         assert (out / name).stat().st_size > 0, name
@@ -51,7 +48,20 @@ def test_smoke(run, tmp_path, script):
         assert f"wrote {Path(out) / 'samples.npy'}" in result.stdout
 
 
-def test_same_seed_same_numbers(run, tmp_path):
-    for name in ("a", "b"):
-        assert run("simple_1Diffusion.py", *TINY_TOY, "--seed", "3", "--out", tmp_path / name).returncode == 0
-    assert np.array_equal(np.load(tmp_path / "a" / "samples.npy"), np.load(tmp_path / "b" / "samples.npy"))
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_smoke(run_here, tmp_path, script):
+    args, _, asset_files = SCRIPTS[script]
+    out, assets = tmp_path / "out", tmp_path / "assets"
+    extra = ["--assets", assets] if asset_files else []
+    check_outputs(run_here(script, *args, *extra, "--out", out), script, out, assets)
+
+
+def test_smoke_as_a_subprocess(run, tmp_path):
+    check_outputs(run("simple_1Diffusion.py", *TINY_TOY, "--out", tmp_path), "simple_1Diffusion.py", tmp_path, None)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(run_here, tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert run_here("simple_1Diffusion.py", *TINY_TOY, "--seed", seed, "--out", tmp_path / name).returncode == 0
+    a, b, c = (np.load(tmp_path / name / "samples.npy") for name in "abc")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
