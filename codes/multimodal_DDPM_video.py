@@ -1,8 +1,9 @@
-"""The four-Gaussian DDPM as a GIF: the reverse process carries N(0, I) noise into the four spikes.
+"""Lesson 6 as a GIF: the four-Gaussian DDPM's reverse process carries N(0, I) into four spikes.
 
-It imports the training and the samplers of multimodal_DDPM.py (every flag of that lesson works here too, among
-them --sampler and --sampling_steps) and renders assets/multimodal_DDPM.gif from the sampler's trajectory. DDPM's
-x_t is variance-preserving, so fixed axes hold every frame.
+It imports the training and the samplers of multimodal_DDPM.py (every flag of that lesson works here
+too, among them --sampler and --sampling_steps) and renders assets/multimodal_DDPM.gif from the
+sampler's trajectory. DDPM's x_t is variance-preserving (a total variance near 1 at every t), so
+fixed axes hold every frame.
 
     python codes/multimodal_DDPM_video.py      # about 40 s on a 2-core CPU
 """
@@ -22,7 +23,8 @@ def frame(x, step, cfg):
     fig, ax = plt.subplots(figsize=(4.5, 4.8))
     ax.scatter(*x.T, s=2, alpha=0.4)
     ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal", xticks=[-1, 0, 1], yticks=[-1, 0, 1])
-    ax.set_title(f"DDPM reverse process ({cfg.sampler})\nstep {step}/{cfg.sampling_steps}", fontsize=10)
+    ax.set_title(f"DDPM reverse process ({cfg.sampler})\nstep {step}/{cfg.sampling_steps}",
+                 fontsize=10)
     image = figure_to_frame(fig)
     plt.close(fig)
     return image
@@ -32,7 +34,8 @@ if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
     model, alpha_bar, trajectory = lesson.run(cfg)
-    steps = torch.linspace(0, cfg.sampling_steps, min(cfg.n_frames, cfg.sampling_steps + 1)).round().long().tolist()
+    n_frames = min(cfg.n_frames, cfg.sampling_steps + 1)
+    steps = torch.linspace(0, cfg.sampling_steps, n_frames).round().long().tolist()
     frames = [frame(trajectory[step][:cfg.n_shown].cpu(), step, cfg) for step in steps]
     write_gif(folder / "multimodal_DDPM.gif", frames, frame_ms=100)
     save_results(cfg.out, trajectory[-1], lesson.sample_data(cfg.n_samples, cfg))

@@ -1,9 +1,10 @@
-"""The four-Gaussian lesson as a GIF: the data cloud is noised out to N(0, I), then denoised back into four spikes.
+"""Lesson 3 as a GIF: four Gaussians noised out to N(0, I), then denoised back into four spikes.
 
-It imports the training and the sampler of simple_multimodal.py (every flag of that lesson works here too) and
-renders assets/denoising_4.gif. The forward half noises fresh data along the same Sigmas ladder; the reverse half
-is the sampler's trajectory. Points are drawn as x / sqrt(1 + sigma^2), the variance-preserving scale of DDPM,
-so the noise is N(0, I) and the axes stay fixed.
+It imports the training and the sampler of simple_multimodal.py (every flag of that lesson works
+here too) and renders assets/denoising_4.gif. The forward half noises fresh data along the same
+Sigmas ladder; the reverse half is the sampler's trajectory. Points are drawn as
+x / sqrt(1 + sigma^2), the variance-preserving scale of DDPM (a total variance near 1 at every
+level), so that the noise is N(0, I) and the axes stay fixed.
 
     python codes/simple_multimodal_video.py    # about 42 s on a 2-core CPU
 """
@@ -32,7 +33,7 @@ if __name__ == "__main__":
     cfg = parse_config(__doc__, lesson.__file__, __file__)
     folder = writable_folder(cfg.assets, "--assets")
     Sigmas, _, trajectory = lesson.run(cfg)
-    levels = Sigmas.cpu().flip(0)[::2].tolist()  # forward half: every other level, from 0 up to sigma_max
+    levels = Sigmas.cpu().flip(0)[::2].tolist()  # forward half: every other level, 0 to sigma_max
     data = lesson.sample_data(cfg.n_shown, cfg).cpu()
     noise = torch.randn_like(data)
     frames = [frame(data + sigma * noise, sigma, "forward: noising the data") for sigma in levels]
