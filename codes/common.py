@@ -10,6 +10,7 @@ import argparse
 import ast
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -135,6 +136,8 @@ def parse_config(doc, *files, argv=None, presets=None):
         args.mu_data = tuple(args.mu_data)
     args.device = pick_device(args.device)
     args.out = writable_folder(args.out, "--out")
+    if getattr(args, "assets", ""):  # fail now, not after the training, if it is read-only
+        writable_folder(args.assets, "--assets")
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     return args
@@ -162,6 +165,13 @@ def check_finite(loss, step):
 def save_figure(fig, path):
     fig.savefig(path, dpi=100, bbox_inches="tight")
     print(f"wrote {path}")
+
+
+def copy_to_assets(path, cfg):
+    """With --assets DIR, also put the file at `path`, one of the README's pictures, into DIR."""
+    if cfg.assets:
+        copy = shutil.copy(path, writable_folder(cfg.assets, "--assets") / Path(path).name)
+        print(f"wrote {copy}")
 
 
 def save_results(out, samples, data):

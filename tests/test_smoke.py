@@ -9,23 +9,29 @@ from conftest import CODES
 from test_mnist import MNIST_SCRIPTS
 
 TINY_TOY = ["--nb_epochs", "5", "--test_size", "64", "--N", "6"]
+TINY_FM = ["--nb_epochs", "5", "--n_samples", "64", "--n_curve", "64", "--sampling_steps", "8"]
 TINY_DDPM = ["--nb_epochs", "5", "--n_samples", "64", "--T", "8"]  # T < 10 and T < 50: edge cases of the printing
 # script: (extra arguments, files expected in --out, files expected in --assets)
 SCRIPTS = {
     "simple_1Diffusion.py": (TINY_TOY, ["training_and_sampling.png"], []),
     "simple_1Diffusion_video.py": (TINY_TOY, [], ["pdf_diffusion_gif.gif", "noise_scales.png"]),
-    "simple_2Diffusion.py": (TINY_TOY, ["training_and_sampling.png"], []),
+    "simple_2Diffusion.py": (TINY_TOY, ["simple_2Diffusion.png"], ["simple_2Diffusion.png"]),
     "simple_multimodal.py": (TINY_TOY, ["training_and_sampling.png"], []),
     "simple_multimodal_video.py": (TINY_TOY + ["--n_shown", "50"], [], ["denoising_4.gif"]),
-    "single_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
-    "simple_DDPM.py": (TINY_DDPM, ["training_and_samples.png"], []),
-    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["multimodal_DDPM.png"], ["ddpm_vs_ddim_steps.png"]),
-    "detailed_DDPM.py": (TINY_DDPM + ["--n_frames", "5"], [], ["detailed_DDPM.gif"]),
+    "single_DDPM.py": (TINY_DDPM, ["single_DDPM.png"], ["single_DDPM.png"]),
+    "simple_DDPM.py": (TINY_DDPM, ["simple_DDPM.png"], ["simple_DDPM.png"]),
+    "multimodal_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["multimodal_DDPM.png", "ddpm_vs_ddim_steps.png"],
+                           ["ddpm_vs_ddim_steps.png"]),
+    "detailed_DDPM.py": (TINY_DDPM + ["--n_frames", "5"], ["detailed_DDPM.gif"], ["detailed_DDPM.gif"]),
     "multimodal_DDPM_video.py": (TINY_DDPM + ["--sampling_steps", "8", "--n_shown", "50"], [], ["multimodal_DDPM.gif"]),
     "spiral_DDPM.py": (TINY_DDPM + ["--sampling_steps", "8"], ["spiral_DDPM.png"], []),
     "spiral_DDPM_video.py": (TINY_DDPM + ["--n_frames", "4", "--n_shown", "50"], [], ["spiral_DDPM.gif", "spiral_forward.png"]),
     "ddpm_coefficients.py": (["--T", "50"], [], ["ddpm_coefficients.png"]),
-    "nonequilibrium_2015.py": (TINY_DDPM, ["bound.png"], ["nonequilibrium_2015.png"]),
+    "nonequilibrium_2015.py": (TINY_DDPM, ["bound.png", "nonequilibrium_2015.png"], ["nonequilibrium_2015.png"]),
+    "flow_matching.py": (TINY_FM, ["flow_matching.png"], []),
+    "flow_matching_video.py": (TINY_FM + ["--n_frames", "5", "--n_shown", "50"], [], ["flow_matching.gif"]),
+    "samplers.py": (["--nb_epochs", "5", "--n_exact", "500", "--n_network", "200", "--n_floor", "2", "--sampler",
+                     "ancestral", "--nfe", "7"], ["samplers.png"], ["samplers.png"]),
 }
 NO_SAMPLES = {"ddpm_coefficients.py"}  # it plots the schedule; nothing is sampled
 NOT_LESSONS = {"common.py"}  # the plumbing; mnist_plumbing.py is among the MNIST_SCRIPTS
