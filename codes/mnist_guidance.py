@@ -7,7 +7,8 @@ conditional prediction v(x_t, t, c) and the unconditional one v(x_t, t). Samplin
 ancestral sampler on the guided prediction
     v_w = v(x_t, t) + w (v(x_t, t, c) - v(x_t, t)):
 w = 1 is plain conditional sampling, w = 0 ignores c, and w > 1 pushes each digit further from "any
-digit" (Ho & Salimans' eq. 6 with their w = our w - 1). The run draws 100 of each digit at several w
+digit" (Ho & Salimans' eq. 6, with their w = our w - 1; they guide eps, which is the same: at a
+given x_t and t, eps and v are affine in each other). The run draws 100 of each digit at several w
 and prints, for each, the share that a LeNet reads as the digit asked for, and their Frechet LeNet
 Distance (FLD) to the test digits.
 
@@ -145,6 +146,7 @@ if __name__ == "__main__":
     check(0 <= cfg.p_uncond < 1, f"--p_uncond must be in [0, 1), got {cfg.p_uncond}")
     for w in (cfg.guidance, *cfg.compare):
         check(w >= 0, f"a guidance scale w must be at least 0, got {w}")
+        check(w == 1 or cfg.p_uncond > 0, f"w = {w:g} needs the null label: --p_uncond must be > 0")
     images, labels = load_mnist(cfg.data, "train", cfg.mirror, cfg.n_train)
     alpha_bar, bf16 = cosine_schedule(cfg.T).to(cfg.device), use_bf16(cfg.bf16, cfg.device)
     print(f"{len(images)} training digits; {cfg.device}, {'bfloat16' if bf16 else 'float32'}")

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import mnist_fid
-from common import check, check_finite, parse_config, save_figure, save_results, show_figures
-from common import writable_folder
+from common import (check, check_finite, copy_to_assets, parse_config, save_figure, save_results,
+                    show_figures)
 from mnist_plumbing import (Progress, autocast, image_grid, load_mnist, resume_training,
                             save_checkpoint, use_bf16)
 from mnist_UNet import UNet  # lesson 10's UNet, told log sigma in place of t
@@ -78,7 +78,7 @@ def predict_noise(model, x, sigma, sigma_data, cfg):
 # ----------------------------------------------------------------------------- training
 def draw_sigma(n, sigma_data, cfg):
     """sigma = sigma_data tan(u), u uniform: lesson 10's cosine schedule in units of sigma (there,
-    sigma_t = tan(pi t / 2T) with sigma_data = 1). Per unit of log sigma its density is
+    sigma_t is about tan(pi t / 2T), with sigma_data = 1). Per unit of log sigma its density is
     ~ sigma sigma_data / (sigma^2 + sigma_data^2), highest at sigma_data: it spends the training
     where a digit takes shape, not where it is already clean or still absent."""
     low, high = math.atan(cfg.sigma_min / sigma_data), math.atan(cfg.sigma_max / sigma_data)
@@ -146,15 +146,30 @@ def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min, trajector
     return x - sigma * eps_hat(x, torch.full((len(x),), sigma, device=x.device))
 
 
+def equal_cost_pair(alpha, beta):
+    """{name: (alpha, beta)}: the sampler, and the deterministic one on the same noise levels. With
+    beta = 0, alpha' = 1 - sqrt((1 - alpha)^2 + beta^2) shrinks sigma by the same factor per step:
+    the same ladder, the same number of network evaluations, only the fresh noise differs."""
+    ratio = math.sqrt((1 - alpha) ** 2 + beta ** 2)  # sigma's factor per step
+    return {f"beta = {beta:g}": (alpha, beta), "beta = 0": (1 - ratio, 0.0)}
+
+
 def generate(model, x_start, alpha, beta, sigma_data, mean, bf16, cfg, chunk=100):
-    """Digits (n, 28, 28) in [0, 1] from the starting noise x_start, `chunk` at a time."""
-    eps_hat, digits = lambda x, sigma: predict_noise(model, x, sigma, sigma_data, cfg), []
+    """Digits (n, 28, 28) in [0, 1] from the starting noise x_start, `chunk` at a time, and the
+    number of network evaluations that each digit cost."""
+    calls = []  # the noise levels at which the UNet was asked, for the first chunk
+
+    def eps_hat(x, sigma):
+        calls.append(sigma[0].item())
+        return predict_noise(model, x, sigma, sigma_data, cfg)
+
+    digits = []
     for start in range(0, len(x_start), chunk):
         with autocast(cfg.device, bf16):
             x = reinjection_sampler(eps_hat, x_start[start:start + chunk], alpha, beta,
                                     cfg.sigma_max, cfg.sigma_min)
         digits.append((x[:, 0] + mean).cpu())  # back from the centred data
-    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
+    return ((torch.cat(digits) + 1) / 2).clamp(0, 1), len(calls) // len(digits)  # [-1, 1] -> [0, 1]
 
 
 # ----------------------------------------------------------------------------- results
@@ -163,9 +178,8 @@ if __name__ == "__main__":
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
     check(cfg.alpha < 1, f"--alpha must be below 1, got {cfg.alpha}")
     check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with 0, got {cfg.beta}")
-    ratio = math.sqrt((1 - cfg.alpha) ** 2 + cfg.beta ** 2)  # sigma's factor per step
-    check(ratio < 1, "need (1 - alpha)^2 + beta^2 < 1, or sigma never falls")
-    pictures = writable_folder(cfg.assets, "--assets") if cfg.assets else cfg.out
+    check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1:"
+          " else sigma never falls")
     images, mean, sigma_data = centred_mnist(cfg)
     bf16 = use_bf16(cfg.bf16, cfg.device)
     print(f"{len(images)} training digits, pixel mean {mean:.3f}, sigma_data {sigma_data:.3f}; "
@@ -174,14 +188,11 @@ if __name__ == "__main__":
     ema = train(images, sigma_data, bf16, cfg)
     print(f"training {(time.time() - clock) / 60:.1f} min")
     x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 28, 28, device=cfg.device)  # for both
-    samplers = {f"beta = {cfg.beta:g}": (cfg.alpha, cfg.beta),  # deterministic on the same ladder:
-                "beta = 0": (1 - ratio, 0.0)}  # alpha' removes what alpha and beta together remove
-    steps = math.ceil(math.log(cfg.sigma_min / cfg.sigma_max) / math.log(ratio))  # + the last jump
     samples = {}
-    for name, (alpha_k, beta_k) in samplers.items():
+    for name, (alpha_k, beta_k) in equal_cost_pair(cfg.alpha, cfg.beta).items():
         clock = time.time()
-        samples[name] = generate(ema, x_start, alpha_k, beta_k, sigma_data, mean, bf16, cfg)
-        print(f"{name}, alpha = {alpha_k:.4f}: {steps + 1} network evaluations per digit, "
+        samples[name], cost = generate(ema, x_start, alpha_k, beta_k, sigma_data, mean, bf16, cfg)
+        print(f"{name}, alpha = {alpha_k:.4f}: {cost} network evaluations per digit, "
               f"{(time.time() - clock) / 60:.1f} min")
     test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
     save_results(cfg.out, samples[f"beta = {cfg.beta:g}"], test_digits)
@@ -191,5 +202,6 @@ if __name__ == "__main__":
     for ax, (name, digits) in zip(axes, samples.items()):
         ax.imshow(image_grid(digits, min(8, math.isqrt(len(digits)))), cmap="gray")
         ax.set(title=f"{name}: FLD {scores[name]:.1f}", xticks=[], yticks=[])
-    save_figure(fig, pictures / "mnist_reinjection.png")
+    save_figure(fig, cfg.out / "mnist_reinjection.png")
+    copy_to_assets(cfg.out / "mnist_reinjection.png", cfg)
     show_figures()

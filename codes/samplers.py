@@ -7,7 +7,6 @@ stochastic sampler (Algorithm 2), at equal NFE (number of function, i.e. denoise
 With the exact denoiser the error is the sampler's own; with the network, what a learner gets.
 
     python codes/samplers.py                  # about 45 s on a 2-core CPU; -h lists every flag
-    python codes/samplers.py --denoiser exact --sampler euler --nfe 10   # saves that run instead
 """
 import math
 
@@ -48,7 +47,7 @@ def exact_denoiser(x, sigma, sigma_data):
 
 
 # ---------------------------------------------------------------------- samplers
-# Each walks Sigmas[0] > ... > Sigmas[N] = 0 down dx/dsigma = (x - D) / sigma (Karras et al. eq. 3)
+# Each walks Sigmas[0] > ... > Sigmas[N] = 0 down dx/dsigma = (x - D) / sigma (EDM eqs. 3-4, s = 1)
 def euler(D, Sigmas, x):
     """x + (sigma' - sigma) (x - D) / sigma = D + sigma' (x - D) / sigma: DDIM (Song et al. 2021,
     eq. 12, eta = 0) in these coordinates, keeping the predicted noise (x - D) / sigma at sigma'."""
@@ -59,7 +58,8 @@ def euler(D, Sigmas, x):
 
 def heun(D, Sigmas, x, S_churn=0.0):
     """Algorithm 1: an Euler step, redone with the mean of the slopes at both ends (2 NFE), but on
-    the last step (D is undefined at 0). S_churn > 0: Algorithm 2, first noise up to sigma_hat."""
+    the last step (D is undefined at 0). S_churn > 0: Algorithm 2, first noise up to sigma_hat, with
+    S_noise = 1, no S_tmin or S_tmax, sigma_hat clamped to sigma_max, and no churn at the end."""
     gamma = min(S_churn / (len(Sigmas) - 1), math.sqrt(2) - 1)
     for sigma, sigma_next in zip(Sigmas[:-1], Sigmas[1:]):
         if gamma > 0 and sigma_next > 0:
@@ -75,9 +75,9 @@ def heun(D, Sigmas, x, S_churn=0.0):
 
 
 def dpmpp_2m(D, Sigmas, x):
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2, data prediction, lambda = -log sigma): the
-    linear part of the ODE solved exactly, x' = (sigma'/sigma) x + (1 - sigma'/sigma) D, with D
-    extrapolated in lambda from this and the previous evaluation (1 NFE). D alone: Euler again."""
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2, data prediction, lambda = -log sigma): the ODE's
+    linear part solved exactly, x' = (sigma'/sigma) x + (1 - sigma'/sigma) D, with D extrapolated in
+    lambda from the previous evaluation (1 NFE). D alone: Euler again."""
     previous = None
     for i, (sigma, sigma_next) in enumerate(zip(Sigmas[:-1], Sigmas[1:])):
         denoised = D(x, sigma)

@@ -113,7 +113,7 @@ def test_generate_ends_on_the_data_after_its_final_jump(beta):
     torch.manual_seed(0)
     cfg = Namespace(**vars(CFG), alpha=0.15)
     x0 = torch.linspace(-0.9, 0.9, 28 * 28).reshape(1, 1, 28, 28)
-    digits = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(6, 1, 28, 28), 0.15, beta, 0.6, -0.1, False, cfg)
+    digits, _ = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(6, 1, 28, 28), 0.15, beta, 0.6, -0.1, False, cfg)
     assert digits.shape == (6, 28, 28)
     assert (digits - (x0[0, 0] - 0.1 + 1) / 2).abs().max() < 1e-4
 
@@ -173,3 +173,26 @@ def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
                                          (["--alpha", "1.5"], ["--alpha must be below 1"])])
 def test_bad_sampler_settings_are_refused(run, tmp_path, args, words):
     assert_clean_error(run("mnist_reinjection.py", *args, "--out", tmp_path), *words)
+
+
+def test_the_deterministic_comparison_visits_the_same_noise_levels():
+    """The lesson's answer to "does reinjection help?" compares the two samplers at equal cost: beta = 0 with
+    alpha' = 1 - sqrt((1 - alpha)^2 + beta^2) must walk the very ladder that (alpha, beta) walks, so both ask the
+    network at the same sigmas, as many times. beta = 0 with the same alpha would take half the steps."""
+    pair = lesson.equal_cost_pair(lesson.alpha, lesson.beta)
+    assert list(pair) == [f"beta = {lesson.beta:g}", "beta = 0"] and pair["beta = 0"][1] == 0
+    ladders = []
+    for alpha, beta in pair.values():
+        asked = []
+        eps_hat = lambda x, sigma: asked.append(sigma[0].item()) or torch.zeros_like(x)
+        lesson.reinjection_sampler(eps_hat, torch.zeros(2, 1), alpha, beta, CFG.sigma_max, CFG.sigma_min)
+        ladders.append(asked)
+    assert len(ladders[0]) == len(ladders[1]) == 271  # 270 steps and the final jump
+    assert ladders[0] == pytest.approx(ladders[1], rel=1e-9)
+
+
+def test_generate_counts_the_network_evaluations():
+    cfg = Namespace(**vars(CFG), alpha=0.15)
+    x0 = torch.zeros(1, 1, 28, 28)
+    _, cost = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(3, 1, 28, 28), 0.15, 0.0, 0.6, 0.0, False, cfg)
+    assert cost == math.ceil(math.log(1000) / -math.log(0.85)) + 1  # sigma falls by 0.85 per step, then the jump

@@ -130,6 +130,30 @@ def test_each_sampler_spends_the_nfe_it_is_charged(name):
         assert all(sigma > 0 for sigma in calls)  # never evaluated at sigma = 0
 
 
+def test_dpm_solver_2m_step_by_hand():
+    """Lu et al.'s second-order step on an uneven ladder 8 -> 2 -> 1, with a D that returns a constant per level:
+    x1 = (2/8) x + (6/8) D(8); then r = log(8/2) / log(2/1) = 2 and x2 = (1/2) x1 + (1/2) ((1 + 1/4) D(2) - (1/4) D(8)).
+    r -> 1/r and r = 1 are both still second order on a smooth ladder, so the order test cannot see them."""
+    values = {8.0: torch.tensor([3.0]), 2.0: torch.tensor([-1.0]), 1.0: torch.tensor([5.0])}
+    D = lambda x, sigma: values[float(sigma)].expand_as(x)
+    x = torch.tensor([[0.4]])
+    x1 = 2 / 8 * x + 6 / 8 * 3.0
+    expected = 1 / 2 * x1 + 1 / 2 * ((1 + 1 / 4) * -1.0 - 1 / 4 * 3.0)
+    assert torch.allclose(lesson.dpmpp_2m(D, torch.tensor([8.0, 2.0, 1.0]), x), expected, atol=1e-6)
+
+
+def test_edm_churn_raises_the_noise_to_sigma_hat_exactly():
+    """With D = 0 (data at the origin) every Heun step maps N(0, s^2) at sigma = s to N(0, s'^2) at s', however large
+    the churn, if the fresh noise raises sigma exactly to sigma_hat: std sqrt(sigma_hat^2 - sigma^2), not
+    sigma_hat - sigma. And gamma is capped at sqrt(2) - 1: D is asked at sigma * sqrt(2), not S_churn / N higher."""
+    torch.manual_seed(0)
+    Sigmas, asked = torch.tensor([20.0, 6.0, 2.0, 0.7, 0.25]), []
+    D = lambda x, sigma: asked.append(float(sigma)) or torch.zeros_like(x)
+    x = lesson.heun(D, Sigmas, 20.0 * torch.randn(400_000, 1), S_churn=40.0)
+    assert x.std().item() == pytest.approx(0.25, rel=0.01)
+    assert asked[2] == pytest.approx(6.0 * 2 ** 0.5, rel=1e-5)  # the second step's first call, at sigma_hat
+
+
 def test_ancestral_step_keeps_the_marginal_noise_level():
     """With D = 0, x ~ N(0, sigma^2) stepped to sigma' must be N(0, sigma'^2): sigma_down^2 +
     sigma_up^2 = sigma'^2."""
