@@ -3,16 +3,17 @@
 Lesson 10's network was told a step t of a schedule; this one is told sigma itself, as the toy
 lessons' denoiser was, and predicts the noise eps of x = x0 + sigma eps. Its UNet (lesson 10's) is
 wrapped in the scalings of Karras et al. 2022 (EDM, Table 1), so that an error of the network moves
-the guess of x0 by at most sigma_data, the data's std, instead of sigma (up to 20). Sampling
-repeats, from x ~ N(0, sigma_max^2 I) until sigma < sigma_min,
+the guess of x0 by at most sigma_data, the data's std, instead of sigma (up to 20). The tutorial's
+sampler repeats, from x ~ N(0, sigma_max^2 I),
     x <- x - alpha sigma eps_hat(x, sigma) + beta sigma z,        z ~ N(0, I)
-    sigma <- sigma sqrt((1 - alpha)^2 + beta^2)
 removing a fraction alpha of the predicted noise and putting back fresh noise of std beta sigma. If
 eps_hat were the noise itself, (1 - alpha) sigma of it would be left, and independent noises add in
-quadrature: hence the recursion. beta = sqrt(alpha (1 - alpha)) makes each step DDPM's ancestral
-step; beta = 0 is deterministic (DDIM). A last jump to x - sigma eps_hat removes the noise left (the
-final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains once, samples with beta and
-with beta = 0 on the same noise levels (the same number of network evaluations), and prints the
+quadrature: the next noise level is sigma sqrt((1 - alpha)^2 + beta^2). The tutorial keeps alpha and
+beta fixed, so sigma falls geometrically; here a ladder of noise levels sets them at each step, and
+eta how much noise is put back: eta = 1 makes each step DDPM's ancestral step, eta = 0 the
+deterministic DDIM step (Song et al. 2021's eta). A last jump to x - sigma eps_hat removes the noise
+left (the final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains once, samples with
+eta and with eta = 0 on the same ladder (the same number of network evaluations), and prints the
 Frechet LeNet Distance (FLD) of each.
 
     python codes/mnist_reinjection.py        # 25 min on a 2-core CPU; a checkpoint every epoch
@@ -42,9 +43,10 @@ nb_epochs = 12  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
 ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
-alpha = 0.05  # fraction of the predicted noise removed per step
-beta = 0.218  # std of the fresh noise, in units of sigma: sqrt(alpha (1 - alpha)) is DDPM's step
-n_samples = 1000  # digits generated with each beta
+ladder = "tan"  # tan|geometric: sigma spaced like the training draws, or the tutorial's fixed alpha
+N = 270  # steps of the sampler: noise levels from sigma_max down to sigma_min
+eta = 1.0  # fresh noise: 1 is DDPM's step, 0 the deterministic DDIM step, in between a mix
+n_samples = 1000  # digits generated with each eta
 bf16 = "auto"  # auto|on|off: compute in bfloat16, weights in float32; auto: where the chip has it
 resume = False  # continue training from --out/model.pt instead of starting afresh
 assets = ""  # also write the README's picture into this folder (empty: only into --out)
@@ -131,55 +133,54 @@ def train(images, sigma_data, bf16, cfg):
 
 
 # ----------------------------------------------------------------------------- the sampler
+def noise_ladder(kind, N, sigma_data, cfg):
+    """N + 1 noise levels from sigma_max down to sigma_min. tan: sigma_data tan(u), u evenly spaced,
+    the levels the training draws most often (lesson 10's cosine schedule), many steps near
+    sigma_data; geometric: a constant factor per step, the tutorial's fixed alpha and beta."""
+    if kind == "geometric":
+        return torch.logspace(math.log10(cfg.sigma_max), math.log10(cfg.sigma_min), N + 1).tolist()
+    low, high = math.atan(cfg.sigma_min / sigma_data), math.atan(cfg.sigma_max / sigma_data)
+    return (sigma_data * torch.tan(torch.linspace(high, low, N + 1, dtype=torch.float64))).tolist()
+
+
+def step_sizes(sigma, sigma_next, eta):
+    """alpha and beta that take the noise level from sigma to sigma_next = r sigma. The fresh noise
+    beta = eta r sqrt(1 - r^2) is, for eta = 1, the std of DDPM's posterior q(x' | x, x0) in units
+    of sigma; then alpha follows from (1 - alpha)^2 + beta^2 = r^2."""
+    r = sigma_next / sigma
+    beta = eta * r * math.sqrt(1 - r ** 2)
+    alpha = 1 - math.sqrt(r ** 2 - beta ** 2)
+    return alpha, beta
+
+
 @torch.no_grad()
-def reinjection_sampler(eps_hat, x, alpha, beta, sigma_max, sigma_min, trajectory=None):
-    """From x ~ N(0, sigma_max^2 I), the steps of the docstring at the top until sigma < sigma_min,
-    then the final jump x - sigma eps_hat. Appends (x, sigma) after each step to `trajectory` if one
-    is given; returns the denoised x."""
-    sigma = sigma_max
-    while sigma >= sigma_min:
+def reinjection_sampler(eps_hat, x, sigmas, eta, trajectory=None):
+    """From x ~ N(0, sigmas[0]^2 I), the tutorial's steps down the ladder `sigmas`, then the final
+    jump x - sigma eps_hat. Appends (x, sigma) after each step to `trajectory` if one is given."""
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        alpha, beta = step_sizes(sigma, sigma_next, eta)
         eps = eps_hat(x, torch.full((len(x),), sigma, device=x.device))
         x = x - alpha * sigma * eps + beta * sigma * torch.randn_like(x)
-        sigma = sigma * math.sqrt((1 - alpha) ** 2 + beta ** 2)
         if trajectory is not None:
-            trajectory.append((x, sigma))
-    return x - sigma * eps_hat(x, torch.full((len(x),), sigma, device=x.device))
+            trajectory.append((x, sigma_next))
+    return x - sigmas[-1] * eps_hat(x, torch.full((len(x),), sigmas[-1], device=x.device))
 
 
-def equal_cost_pair(alpha, beta):
-    """{name: (alpha, beta)}: the sampler, and the deterministic one on the same noise levels. With
-    beta = 0, alpha' = 1 - sqrt((1 - alpha)^2 + beta^2) shrinks sigma by the same factor per step:
-    the same ladder, the same number of network evaluations, only the fresh noise differs."""
-    ratio = math.sqrt((1 - alpha) ** 2 + beta ** 2)  # sigma's factor per step
-    return {f"beta = {beta:g}": (alpha, beta), "beta = 0": (1 - ratio, 0.0)}
-
-
-def generate(model, x_start, alpha, beta, sigma_data, mean, bf16, cfg, chunk=100):
-    """Digits (n, 28, 28) in [0, 1] from the starting noise x_start, `chunk` at a time, and the
-    number of network evaluations that each digit cost."""
-    calls = []  # the noise levels at which the UNet was asked, for the first chunk
-
-    def eps_hat(x, sigma):
-        calls.append(sigma[0].item())
-        return predict_noise(model, x, sigma, sigma_data, cfg)
-
-    digits = []
+def generate(model, x_start, sigmas, eta, sigma_data, mean, bf16, cfg, chunk=100):
+    """Digits (n, 28, 28) in [0, 1] from the starting noise x_start, `chunk` at a time."""
+    eps_hat, digits = lambda x, sigma: predict_noise(model, x, sigma, sigma_data, cfg), []
     for start in range(0, len(x_start), chunk):
         with autocast(cfg.device, bf16):
-            x = reinjection_sampler(eps_hat, x_start[start:start + chunk], alpha, beta,
-                                    cfg.sigma_max, cfg.sigma_min)
+            x = reinjection_sampler(eps_hat, x_start[start:start + chunk], sigmas, eta)
         digits.append((x[:, 0] + mean).cpu())  # back from the centred data
-    return ((torch.cat(digits) + 1) / 2).clamp(0, 1), len(calls) // len(digits)  # [-1, 1] -> [0, 1]
+    return ((torch.cat(digits) + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
 
 
 # ----------------------------------------------------------------------------- results
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
-    check(cfg.alpha < 1, f"--alpha must be below 1, got {cfg.alpha}")
-    check(cfg.beta > 0, f"--beta must be positive: the lesson compares it with 0, got {cfg.beta}")
-    check((1 - cfg.alpha) ** 2 + cfg.beta ** 2 < 1, "need (1 - alpha)^2 + beta^2 < 1:"
-          " else sigma never falls")
+    check(0 < cfg.eta <= 1, f"--eta must lie in (0, 1]: it is compared with 0, got {cfg.eta}")
     images, mean, sigma_data = centred_mnist(cfg)
     bf16 = use_bf16(cfg.bf16, cfg.device)
     print(f"{len(images)} training digits, pixel mean {mean:.3f}, sigma_data {sigma_data:.3f}; "
@@ -188,14 +189,14 @@ if __name__ == "__main__":
     ema = train(images, sigma_data, bf16, cfg)
     print(f"training {(time.time() - clock) / 60:.1f} min")
     x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 28, 28, device=cfg.device)  # for both
-    samples = {}
-    for name, (alpha_k, beta_k) in equal_cost_pair(cfg.alpha, cfg.beta).items():
+    sigmas, samples = noise_ladder(cfg.ladder, cfg.N, sigma_data, cfg), {}
+    for eta in (cfg.eta, 0.0):  # the same ladder, N + 1 evaluations each: only the noise differs
         clock = time.time()
-        samples[name], cost = generate(ema, x_start, alpha_k, beta_k, sigma_data, mean, bf16, cfg)
-        print(f"{name}, alpha = {alpha_k:.4f}: {cost} network evaluations per digit, "
+        samples[f"eta = {eta:g}"] = generate(ema, x_start, sigmas, eta, sigma_data, mean, bf16, cfg)
+        print(f"eta = {eta:g}: {cfg.N + 1} network evaluations per digit, {cfg.ladder} ladder, "
               f"{(time.time() - clock) / 60:.1f} min")
     test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
-    save_results(cfg.out, samples[f"beta = {cfg.beta:g}"], test_digits)
+    save_results(cfg.out, samples[f"eta = {cfg.eta:g}"], test_digits)
 
     scores = mnist_fid.score(samples, cfg)
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))

@@ -16,44 +16,71 @@ from test_cli import assert_clean_error
 CFG = Namespace(sigma_min=0.02, sigma_max=20.0, device=torch.device("cpu"))
 
 
-@pytest.mark.parametrize("alpha, beta", [(0.15, 0.0), (0.15, 0.1), (0.3, 0.2)])
-def test_sigma_recursion_tracks_the_noise_left(alpha, beta):
-    """With the exact eps_hat = E[eps | x] = sigma (x - m) / (s^2 + sigma^2) of pixels x0 ~ N(m, s^2), the noise
-    left in x must follow sigma_k = sigma_max ((1 - alpha)^2 + beta^2)^(k/2): std(x_k) = sqrt(s^2 + sigma_k^2).
-    Bayes shrinks each step a little (Var drops by alpha^2 s^2 sigma^2 / (s^2 + sigma^2)), so the end is a few
-    percent narrow: 4% for alpha = 0.15, 8% for alpha = 0.3, measured on the exact recursion."""
+LADDER_CFG = Namespace(sigma_min=0.01, sigma_max=40.0)
+
+
+@pytest.mark.parametrize("kind", ["tan", "geometric"])
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_each_step_carries_the_variance_the_recursion_predicts(kind, eta):
+    """With the exact eps_hat = E[eps | x] = sigma (x - m) / (s^2 + sigma^2) of pixels x0 ~ N(m, s^2), one step
+    maps Var(x) to (1 - alpha sigma^2 / (s^2 + sigma^2))^2 Var + beta^2 sigma^2, exactly; the sampled variance must
+    follow that recursion at every step (to sampling noise), track s^2 + sigma^2, and end near s^2."""
     torch.manual_seed(0)
-    m, s, sigma_max = 0.3, 0.5, 40.0
+    m, s = 0.3, 0.5
     exact = lambda x, sigma: sigma[:, None] * (x - m) / (s ** 2 + sigma[:, None] ** 2)
-    rho = math.sqrt((1 - alpha) ** 2 + beta ** 2)
-    trajectory = []
-    x = lesson.reinjection_sampler(exact, sigma_max * torch.randn(20_000, 1), alpha, beta, sigma_max, 0.01,
-                                   trajectory)
-    for k, (x_k, sigma) in enumerate(trajectory, start=1):
-        assert sigma == pytest.approx(sigma_max * rho ** k)  # geometric
-        assert x_k.std().item() == pytest.approx(math.sqrt(s ** 2 + sigma ** 2), rel=0.1)
-    assert sigma < 0.01 <= sigma / rho  # it stops at the first sigma below sigma_min
+    sigmas = lesson.noise_ladder(kind, 80, s, LADDER_CFG)
+    trajectory, variance = [], 40.0 ** 2
+    x = lesson.reinjection_sampler(exact, 40.0 * torch.randn(40_000, 1), sigmas, eta, trajectory)
+    for (x_k, sigma_next), sigma in zip(trajectory, sigmas[:-1]):
+        alpha, beta = lesson.step_sizes(sigma, sigma_next, eta)
+        variance = (1 - alpha * sigma ** 2 / (s ** 2 + sigma ** 2)) ** 2 * variance + (beta * sigma) ** 2
+        assert x_k.var().item() == pytest.approx(variance, rel=0.03)
+        assert variance == pytest.approx(s ** 2 + sigma_next ** 2, rel=0.2)
     assert abs(x.mean().item() - m) < 0.02
-    assert 0.88 < x.std().item() / s < 1.0
+    assert 0.85 < x.std().item() / s < 1.02
 
 
-@pytest.mark.parametrize("alpha, beta, is_posterior", [(0.15, math.sqrt(0.15 * 0.85), True), (0.15, 0.3, False),
-                                                       (0.15, 0.0, False), (lesson.alpha, lesson.beta, True)])
-def test_beta_sqrt_alpha_one_minus_alpha_is_the_ddpm_posterior_step(alpha, beta, is_posterior):
+@pytest.mark.parametrize("eta, is_posterior", [(1.0, True), (0.5, False), (0.0, False)])
+def test_eta_1_is_the_ddpm_posterior_step_and_eta_0_the_ddim_step(eta, is_posterior):
     """For data at one point x0, the exact eps_hat is the noise (x - x0) / sigma. The forward process makes
-    x_t = x_s + independent noise, so Cov(x_s, x_t) = sigma_s^2; one step of the sampler gives (1 - alpha) sigma_t^2.
-    They agree only when sigma_s^2 = (1 - alpha) sigma_t^2, i.e. beta^2 = alpha (1 - alpha): that step is
-    q(x_s | x_t, x0_hat), DDPM's ancestral step (and beta = 0 is DDIM's). The lesson's defaults are such a step."""
+    x_t = x_s + independent noise, so Cov(x_s, x_t) = sigma_s^2 and Var(x_s) = sigma_s^2: the posterior
+    q(x_s | x_t, x0), DDPM's step, has both. eta = 0, DDIM, keeps the noise: x_s - x0 = (sigma_s / sigma_t)(x_t - x0)."""
     torch.manual_seed(0)
-    x0, sigma_t = 0.3, 2.0
+    x0, sigma_t, sigma_s = 0.3, 2.0, 1.5
     x_t = x0 + sigma_t * torch.randn(200_000, 1)
     trajectory = []
-    lesson.reinjection_sampler(lambda x, sigma: (x - x0) / sigma[:, None], x_t, alpha, beta, sigma_t, 0.99 * sigma_t,
-                               trajectory)  # sigma_min just below sigma_t: one step, then the final jump
-    (x_s, sigma_s), = trajectory
+    lesson.reinjection_sampler(lambda x, sigma: (x - x0) / sigma[:, None], x_t, [sigma_t, sigma_s], eta, trajectory)
+    (x_s, level), = trajectory
+    assert level == sigma_s and ((x_s - x0) ** 2).mean().item() == pytest.approx(sigma_s ** 2, rel=0.02)
     covariance = ((x_s - x0) * (x_t - x0)).mean().item()
-    assert covariance == pytest.approx((1 - alpha) * sigma_t ** 2, rel=0.02)  # what the step does
-    assert (abs(covariance / sigma_s ** 2 - 1) < 0.02) == is_posterior  # what the forward process needs
+    assert (abs(covariance / sigma_s ** 2 - 1) < 0.02) == is_posterior
+    if eta == 0:
+        assert torch.allclose(x_s - x0, sigma_s / sigma_t * (x_t - x0), atol=1e-5)
+
+
+def test_the_ladders():
+    """geometric: one factor per step, the tutorial's fixed alpha = 0.05 and beta = 0.218 with N = 270 and eta = 1;
+    tan: u = atan(sigma / sigma_data) evenly spaced, like the training draws, from sigma_max to sigma_min."""
+    cfg = Namespace(sigma_min=0.02, sigma_max=20.0)
+    geometric = torch.tensor(lesson.noise_ladder("geometric", 270, 0.6, cfg))
+    ratios = geometric[1:] / geometric[:-1]
+    assert len(geometric) == 271 and torch.allclose(ratios, ratios[0])
+    alpha, beta = lesson.step_sizes(geometric[0].item(), geometric[1].item(), 1.0)
+    assert alpha == pytest.approx(0.05, abs=5e-4) and beta == pytest.approx(0.218, abs=5e-4)
+    tan = torch.tensor(lesson.noise_ladder("tan", 50, 0.6, cfg), dtype=torch.float64)
+    assert tan[0].item() == pytest.approx(20.0) and tan[-1].item() == pytest.approx(0.02)
+    gaps = torch.atan(tan / 0.6).diff()
+    assert torch.allclose(gaps, gaps[0]) and (gaps < 0).all()
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_every_step_asks_the_network_once_at_its_noise_level(eta):
+    """What the run prints as the cost: N + 1 evaluations (N steps, then the final jump), at the ladder's sigmas,
+    whatever eta is: the comparison of eta with 0 is at equal cost."""
+    sigmas, asked = lesson.noise_ladder("tan", 30, 0.6, CFG), []
+    eps_hat = lambda x, sigma: asked.append(sigma[0].item()) or torch.zeros_like(x)
+    lesson.reinjection_sampler(eps_hat, torch.zeros(2, 1), sigmas, eta)
+    assert asked == pytest.approx(sigmas, rel=1e-6)
 
 
 class PointUNet(torch.nn.Module):
@@ -106,14 +133,14 @@ def test_sigma_is_drawn_like_lesson_10s_cosine_schedule():
         assert (torch.histogram(drawn.log(), edges).hist / len(drawn) - expected).abs().max() < 0.003
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.3])
-def test_generate_ends_on_the_data_after_its_final_jump(beta):
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_generate_ends_on_the_data_after_its_final_jump(eta):
     """With the exact denoiser of one image, the sampler stops with about sigma_min of noise left (0.02 here, 0.01 in
     [0, 1] units); the final jump x - sigma eps_hat must remove it exactly, add the mean back and map to [0, 1]."""
     torch.manual_seed(0)
-    cfg = Namespace(**vars(CFG), alpha=0.15)
     x0 = torch.linspace(-0.9, 0.9, 28 * 28).reshape(1, 1, 28, 28)
-    digits, _ = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(6, 1, 28, 28), 0.15, beta, 0.6, -0.1, False, cfg)
+    sigmas = lesson.noise_ladder("tan", 40, 0.6, CFG)
+    digits = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(6, 1, 28, 28), sigmas, eta, 0.6, -0.1, False, CFG)
     assert digits.shape == (6, 28, 28)
     assert (digits - (x0[0, 0] - 0.1 + 1) / 2).abs().max() < 1e-4
 
@@ -168,31 +195,7 @@ def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
     assert 0 < ((fast - reference).norm() / reference.norm()).item() < 0.02
 
 
-@pytest.mark.parametrize("args, words", [(["--alpha", "0.05", "--beta", "0.5"], ["sigma never"]),
-                                         (["--beta", "0"], ["--beta must be positive"]),
-                                         (["--alpha", "1.5"], ["--alpha must be below 1"])])
-def test_bad_sampler_settings_are_refused(run, tmp_path, args, words):
-    assert_clean_error(run("mnist_reinjection.py", *args, "--out", tmp_path), *words)
-
-
-def test_the_deterministic_comparison_visits_the_same_noise_levels():
-    """The lesson's answer to "does reinjection help?" compares the two samplers at equal cost: beta = 0 with
-    alpha' = 1 - sqrt((1 - alpha)^2 + beta^2) must walk the very ladder that (alpha, beta) walks, so both ask the
-    network at the same sigmas, as many times. beta = 0 with the same alpha would take half the steps."""
-    pair = lesson.equal_cost_pair(lesson.alpha, lesson.beta)
-    assert list(pair) == [f"beta = {lesson.beta:g}", "beta = 0"] and pair["beta = 0"][1] == 0
-    ladders = []
-    for alpha, beta in pair.values():
-        asked = []
-        eps_hat = lambda x, sigma: asked.append(sigma[0].item()) or torch.zeros_like(x)
-        lesson.reinjection_sampler(eps_hat, torch.zeros(2, 1), alpha, beta, CFG.sigma_max, CFG.sigma_min)
-        ladders.append(asked)
-    assert len(ladders[0]) == len(ladders[1]) == 271  # 270 steps and the final jump
-    assert ladders[0] == pytest.approx(ladders[1], rel=1e-9)
-
-
-def test_generate_counts_the_network_evaluations():
-    cfg = Namespace(**vars(CFG), alpha=0.15)
-    x0 = torch.zeros(1, 1, 28, 28)
-    _, cost = lesson.generate(PointUNet(x0, 0.6), 20.0 * torch.randn(3, 1, 28, 28), 0.15, 0.0, 0.6, 0.0, False, cfg)
-    assert cost == math.ceil(math.log(1000) / -math.log(0.85)) + 1  # sigma falls by 0.85 per step, then the jump
+@pytest.mark.parametrize("args, words", [(["--eta", "0"], ["--eta"]), (["--eta", "1.5"], ["--eta"]),
+                                         (["--ladder", "cosine"], ["--ladder", "cosine"])])
+def test_bad_sampler_settings_are_refused(run_here, tmp_path, args, words):
+    assert_clean_error(run_here("mnist_reinjection.py", *args, "--out", tmp_path), *words)

@@ -28,6 +28,8 @@ SCRIPTS = {
     "spiral_DDPM_video.py": (TINY_DDPM + ["--n_frames", "4", "--n_shown", "50"], [], ["spiral_DDPM.gif", "spiral_forward.png"]),
     "ddpm_coefficients.py": (["--T", "50"], [], ["ddpm_coefficients.png"]),
     "nonequilibrium_2015.py": (TINY_DDPM, ["bound.png", "nonequilibrium_2015.png"], ["nonequilibrium_2015.png"]),
+    "guidance_multimodal.py": (TINY_TOY + ["--exact_size", "64"], ["guidance_multimodal.png"],
+                               ["guidance_multimodal.png"]),
     "flow_matching.py": (TINY_FM, ["flow_matching.png"], []),
     "flow_matching_video.py": (TINY_FM + ["--n_frames", "5", "--n_shown", "50"], [], ["flow_matching.gif"]),
     "samplers.py": (["--nb_epochs", "5", "--n_exact", "500", "--n_network", "200", "--n_floor", "2", "--sampler",
