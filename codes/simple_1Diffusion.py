@@ -5,8 +5,7 @@ small network D(x, sigma) to guess the clean x0 at any noise level, then walk do
 Heun's method (an Euler step, then a correction with the slope at its end) on the probability-flow
 ODE, the deterministic path that carries N(0, sigma_max^2) into the data through every noise level:
     dx/dsigma = (x - D(x, sigma)) / sigma          (Karras et al. 2022, eq. 4 and Algorithm 1).
-`--method tutorial` runs the blog post's code instead: a network that predicts the noise to remove,
-subtracted at each step. It collapses the variance; the README explains why.
+`--method tutorial` runs the blog post's own code, which collapses the variance (see the README).
 
     python codes/simple_1Diffusion.py                    # 10 s on a 2-core CPU; -h lists the flags
     python codes/simple_1Diffusion.py --method tutorial  # the blog post's code: the std collapses
@@ -29,7 +28,7 @@ rho = 7.0  # curvature of the ladder: a larger rho spends more steps at small si
 width = 64  # width of the denoiser's hidden layers
 nb_epochs = 2000  # training iterations, each on a fresh batch
 batch_size = 512  # samples per training iteration
-lr = 3e-3  # learning rate: Adam, annealed to 0 along a cosine (tutorial: plain SGD)
+lr = 3e-3  # learning rate: Adam's, annealed to 0 along a cosine (tutorial: SGD's, constant)
 test_size = 10000  # samples generated at the end
 TUTORIAL = dict(sigma_min=0.001, sigma_max=1.0, N=10, width=32, nb_epochs=1000, batch_size=32,
                 lr=1e-3, test_size=1000)  # the blog's values, which --method tutorial sets
@@ -51,9 +50,8 @@ def karras_sigmas(sigma_min, sigma_max, N, rho):
 
 # ----------------------------------------------------------------------------- denoisers
 class Denoiser(nn.Module):
-    """D(x, sigma) ~ E[x0 | x0 + sigma n = x], the clean point (the blog's returned the noise to
-    remove), with the scalings of Karras et al. 2022 (Table 1). sigma_rms is the data's root mean
-    square sqrt(mu^2 + std^2), their scale about 0: the data are not centred."""
+    """D(x, sigma) ~ E[x0 | x0 + sigma n = x] with Karras et al.'s scalings (Table 1). sigma_rms is
+    the data's root mean square sqrt(mu^2 + std^2): the data are not centred on 0."""
 
     def __init__(self, width, sigma_rms):
         super().__init__()
@@ -87,11 +85,8 @@ def train(denoiser, Sigmas, cfg):
     """edm: denoising score matching (Karras et al. 2022, eq. 2) weighted by 1 / c_out^2, sigma
     log-uniform in [sigma_min, sigma_max]. tutorial: the blog's loop, a random rung i and the target
     n Sigmas[i+1] / Sigmas[i]."""
-    if cfg.method == "tutorial":
-        optimizer, schedule = torch.optim.SGD(denoiser.parameters(), lr=cfg.lr), None
-    else:
-        optimizer = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.nb_epochs)
+    optimizer_class = torch.optim.SGD if cfg.method == "tutorial" else torch.optim.Adam
+    optimizer = optimizer_class(denoiser.parameters(), lr=cfg.lr)
     losses = []
     for epoch in range(cfg.nb_epochs):
         x0 = sample_data(cfg.batch_size, cfg)  # (B, 1)
@@ -100,6 +95,8 @@ def train(denoiser, Sigmas, cfg):
             n = Sigmas[i] * torch.randn_like(x0)
             loss = ((denoiser(x0 + n, Sigmas[i]) - n * Sigmas[i + 1] / Sigmas[i]) ** 2).sum()
         else:
+            cosine = (1 + math.cos(math.pi * epoch / cfg.nb_epochs)) / 2  # the rate decays to 0
+            optimizer.param_groups[0]["lr"] = cfg.lr * cosine
             u = torch.rand(cfg.batch_size, 1, device=cfg.device)
             sigma = cfg.sigma_min * (cfg.sigma_max / cfg.sigma_min) ** u  # (B, 1), log-uniform
             x = x0 + sigma * torch.randn_like(x0)
@@ -108,8 +105,6 @@ def train(denoiser, Sigmas, cfg):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if schedule:
-            schedule.step()
         losses.append(loss.item())
         check_finite(losses[-1], epoch)
     return losses
