@@ -26,7 +26,7 @@ from mnist_plumbing import load_mnist
 samples = "outputs/mnist_UNet/samples.npy"  # the digits to score: (n, 28, 28) floats in [0, 1]
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
 mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # where missing MNIST files come from
-lenet_epochs = 2  # epochs of the classifier's training, done once and cached as --out/lenet.pt
+lenet_epochs = 5  # epochs of the classifier's training, done once and cached as --out/lenet.pt
 batch_size = 128  # images per step of the classifier's training
 lr = 1e-3  # Adam learning rate of the classifier
 floor_draws = 10  # draws of n training digits whose mean FLD is the floor (one draw is noisy)
@@ -63,25 +63,32 @@ def train_lenet(images, labels, cfg):
 
 
 def load_classifier(cfg):
-    """The cached LeNet and its test accuracy, training it first if --out has none. It starts from
-    --seed alone, not from whatever the caller drew before: at one seed, one ruler for every run."""
+    """The cached LeNet and its test accuracy, training it first if --out has none trained for
+    --lenet_epochs. It starts from --seed alone, not from whatever the caller drew before: at one
+    seed, one ruler for every run."""
     path = cfg.out / "lenet.pt"
     with torch.random.fork_rng():  # the caller's random state is left as it was
         torch.manual_seed(cfg.seed)
-        if not path.exists():
+        if not path.exists() or read_classifier(path)[1].get("epochs") != cfg.lenet_epochs:
             (train_x, train_y), (test_x, test_y) = mnist(cfg, "train"), mnist(cfg, "t10k")
             model = train_lenet(train_x, train_y, cfg)
             with torch.no_grad():
                 accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
-            torch.save({"model": model.state_dict(), "accuracy": accuracy}, path)
+            state = {"model": model.state_dict(), "accuracy": accuracy, "epochs": cfg.lenet_epochs}
+            torch.save(state, path)
             print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
-        try:
-            state = torch.load(path, weights_only=True)
-            model = LeNet()
-            model.load_state_dict(state["model"])
-        except Exception as error:  # any damage to the cache: say which file, and how to mend it
-            fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it")
-    return model.eval(), state["accuracy"]
+        model, state = read_classifier(path)  # LeNet() draws its initial weights: inside the fork
+    return model, state["accuracy"]
+
+
+def read_classifier(path):
+    try:
+        state = torch.load(path, weights_only=True)
+        model = LeNet()
+        model.load_state_dict(state["model"])
+    except Exception as error:  # any damage to the cache: say which file, and how to mend it
+        fail(f"cannot read the classifier {path} ({type(error).__name__}); delete it")
+    return model.eval(), state
 
 
 def mnist(cfg, split):

@@ -53,11 +53,12 @@ if __name__ == "__main__":
     print(f"wrote {assets / 'mnist_guidance_samples.png'}, one row per digit, w = {cfg.guidance:g}")
 
     label = torch.arange(10).repeat_interleave(cfg.n_columns).to(cfg.device)  # (10 * n_columns,)
-    guided_v = lambda x, t: lesson.guided(model, x, t, label, cfg.guidance)
     steps = lesson.visited_steps(cfg.T, cfg.sampling_steps)
     x, trajectory = torch.randn(len(label), 1, 28, 28, device=cfg.device), []  # x_T
     with autocast(cfg.device, bf16):
         for t, s in zip(steps[:-1], steps[1:]):
+            w_t = lesson.guidance_at(t, cfg.guidance, cfg)
+            guided_v = lambda x, t: lesson.guided(model, x, t, label, w_t)
             x = lesson.reverse_step(guided_v, alpha_bar, x, t, s, "ddpm")
             trajectory.append((s + 1, x))  # x after the step, at t = s + 1 (0: the digits)
     u = np.linspace(0, 1, cfg.n_frames)

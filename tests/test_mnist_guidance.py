@@ -60,6 +60,23 @@ def test_the_conditional_unet_listens_to_the_label():
     assert model.label_embedding.num_embeddings == 11  # ten digits and the null label
 
 
+def test_guidance_acts_only_at_the_guided_steps():
+    """Inside --guided_steps each step evaluates the label and the null label (2n rows), outside only the label."""
+    calls = []
+
+    def model(x, t, label):
+        calls.append((t[0].item(), len(x), bool((label == lesson.NULL).any())))
+        return torch.zeros_like(x)
+
+    cfg = Namespace(T=100, sampling_steps=10, guided_steps=(30, 60), device=torch.device("cpu"))
+    lesson.sample(model, lesson.cosine_schedule(100), torch.tensor([3, 5]), 2.0, False, cfg)
+    assert {t for t, _, _ in calls} == set(lesson.visited_steps(100, 10)[:-1])
+    for t, rows, null_asked in calls:
+        assert (rows, null_asked) == ((4, True) if 30 <= t <= 60 else (2, False)), t
+    assert lesson.guidance_at(30, 3.0, cfg) == lesson.guidance_at(60, 3.0, cfg) == 3.0
+    assert lesson.guidance_at(29, 3.0, cfg) == lesson.guidance_at(61, 3.0, cfg) == 1.0
+
+
 @pytest.mark.parametrize("w, expected", [(1.0, "own"), (0.0, "null")])
 def test_the_guided_sampler_ends_at_each_digits_own_data(tmp_path, w, expected):
     """Drive sample() with the exact v of pixels N(m_c, 0.2^2), a mean per label c (and one for the null label).
@@ -76,7 +93,7 @@ def test_the_guided_sampler_ends_at_each_digits_own_data(tmp_path, w, expected):
             out[rows] = exact_v(means[c].item(), 0.2, alpha_bar)(x[rows], t[rows])
         return out
 
-    cfg = Namespace(T=200, sampling_steps=200, device=torch.device("cpu"))
+    cfg = Namespace(T=200, sampling_steps=200, guided_steps=(0, 199), device=torch.device("cpu"))
     wanted = torch.tensor([0, 9, 4, 4, 1, 7, 2, 9])
     digits = lesson.sample(model, alpha_bar, wanted, w, False, cfg, chunk=3) * 2 - 1  # back to [-1, 1]
     target = means[wanted] if expected == "own" else means[lesson.NULL].expand(len(wanted))
