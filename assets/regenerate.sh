@@ -2,7 +2,7 @@
 # Regenerates the README's pictures and GIFs at the lessons' default settings, into assets/.
 #   bash assets/regenerate.sh          the toy lessons' pictures (about 6 minutes on a 2-core CPU)
 #   bash assets/regenerate.sh mnist    the MNIST ones, from the checkpoints that lessons 10, 11 and 13 wrote
-#                                      into outputs/ (about 10 minutes: sampling only, no training)
+#                                      into outputs/ (about 8 minutes: sampling only, no training)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MPLBACKEND=Agg

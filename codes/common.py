@@ -170,8 +170,10 @@ def save_figure(fig, path):
 def copy_to_assets(path, cfg):
     """With --assets DIR, also put the file at `path`, one of the README's pictures, into DIR."""
     if cfg.assets:
-        copy = shutil.copy(path, writable_folder(cfg.assets, "--assets") / Path(path).name)
-        print(f"wrote {copy}")
+        target = writable_folder(cfg.assets, "--assets") / Path(path).name
+        if target.resolve() != Path(path).resolve():  # --assets may be --out itself
+            shutil.copy(path, target)
+        print(f"wrote {target}")
 
 
 def save_results(out, samples, data):

@@ -117,3 +117,13 @@ def test_bad_spiral_settings_give_one_line(run_here, tmp_path, args, words):
 
 def test_per_step_batchnorm_needs_two_samples(run_here, tmp_path):
     assert_clean_error(run_here("simple_DDPM.py", "--batch_size", "1", "--out", tmp_path), "--batch_size", "BatchNorm")
+
+
+def test_assets_may_be_the_output_folder_itself(tmp_path):
+    from argparse import Namespace
+    from common import copy_to_assets
+    picture = tmp_path / "figure.png"
+    picture.write_bytes(b"png")
+    copy_to_assets(picture, Namespace(assets=str(tmp_path)))  # the same file: nothing to copy
+    copy_to_assets(picture, Namespace(assets=str(tmp_path / "assets")))
+    assert (tmp_path / "assets" / "figure.png").read_bytes() == b"png"
