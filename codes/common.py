@@ -1,10 +1,8 @@
 """Command-line plumbing shared by the lessons. Nothing about diffusion lives here.
 
-Each top-level line of a lesson of the form `name = value  # help` is a hyperparameter.
-`parse_config` turns every one into a flag `--name` (with `help` as its help text), adds `--seed`,
-`--device` and `--out`, checks the values, seeds the random generators, picks the device and creates
-the output folder. Bad input ends the run with one line on stderr and a non-zero exit code, never a
-traceback.
+Each top-level `name = value  # help` line of a lesson becomes a flag `--name`; `parse_config` adds
+`--seed`, `--device` and `--out`, checks the values, seeds the generators, picks the device and
+creates the output folder. Bad input ends the run with one line on stderr, never a traceback.
 """
 import argparse
 import ast
@@ -15,7 +13,7 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -33,22 +31,20 @@ def check(condition, message):
 
 
 def hyperparameters(path):
-    """{name: (default, help)} for every top-level `name = literal  # help` line of the file at
-    `path`. Every top-level name is a hyperparameter but for UPPER_CASE names of two letters or more
-    (MODES), constants of the lesson: one that is not a literal or lacks a help comment stops the
-    run, naming its file and line."""
+    """{name: (default, help)} for each top-level `name = literal  # help` line of the file `path`;
+    UPPER_CASE names of two letters or more (MODES) are constants, not flags. A hyperparameter that
+    is not a literal or lacks its help comment stops the run, naming its file and line."""
     source = Path(path).read_text()
     lines, found, tree = source.splitlines(), {}, ast.parse(source)
-    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    bound = {alias.asname or alias.name for node in imports for alias in node.names}
-    bound |= {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    bound = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    bound |= {alias.asname or alias.name for node in tree.body
+              if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     for node in tree.body:
         simple = isinstance(node, ast.Assign) and len(node.targets) == 1
-        if not (simple and isinstance(node.targets[0], ast.Name)):
+        name = node.targets[0].id if simple and isinstance(node.targets[0], ast.Name) else "_"
+        if (name.isupper() and len(name) > 1) or name.startswith("_"):  # not a hyperparameter
             continue
-        name, where = node.targets[0].id, f"{Path(path).name}, line {node.lineno}"
-        if (name.isupper() and len(name) > 1) or name.startswith("_"):
-            continue
+        where = f"{Path(path).name}, line {node.lineno}"
         check(name not in bound, f"{where}: the hyperparameter {name} hides the import or function "
               "of the same name; rename one of them")
         try:
@@ -62,22 +58,19 @@ def hyperparameters(path):
     return found
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
+def number(kind, valid, words):
+    """An argparse type: `kind(text)` if `valid` holds, else argparse's error naming `words`."""
+    def convert(text):
+        value = kind(text)
+        if not valid(value):
+            raise ValueError
+        return value
+    convert.__name__ = words  # the words of argparse's error message
+    return convert
 
 
-def finite_float(text):
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError
-    return value
-
-
-positive_int.__name__ = "positive integer"  # the words of argparse's error message
-finite_float.__name__ = "finite number"
+POSITIVE_INT = number(int, lambda value: value >= 1, "positive integer")
+FINITE_FLOAT = number(float, math.isfinite, "finite number")
 
 
 class Parser(argparse.ArgumentParser):
@@ -95,28 +88,20 @@ def pick_device(name):
 
 
 def parse_config(doc, *files, argv=None, presets=None):
-    """Parse the command line for the hyperparameters of `files` (a later file overrides an earlier
-    one). presets = {flag: {value: {name: default}}}: when --flag takes that value, those defaults
-    replace the file's, except for the flags given on the command line (how `--method tutorial` sets
-    the blog post's constants)."""
+    """The command line's values of the hyperparameters of `files` (a later file overrides an
+    earlier one). presets = {flag: {value: {name: default}}}: when --flag takes that value, those
+    defaults replace the file's, not the flags given (how `--method tutorial` sets the blog's)."""
     parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    constants = {}
-    for path in files:
-        constants.update(hyperparameters(path))
+    constants = {name: entry for path in files for name, entry in hyperparameters(path).items()}
     for name, (default, help_text) in constants.items():
         help_text = help_text.replace("%", "%%")  # argparse %-formats help: a bare % crashes -h
         if isinstance(default, bool):  # a switch: `--name` alone turns it on
             parser.add_argument(f"--{name}", action="store_true", default=default, help=help_text)
             continue
-        if isinstance(default, int):
-            kind, nargs, choices = positive_int, None, None
-        elif isinstance(default, float):
-            kind, nargs, choices = finite_float, None, None
-        elif isinstance(default, tuple):
-            kind, nargs, choices = finite_float, len(default), None
-        else:
-            listed = CHOICES.match(help_text)
-            kind, nargs, choices = str, None, listed.group(1).split("|") if listed else None
+        kind = {int: POSITIVE_INT, float: FINITE_FLOAT, tuple: FINITE_FLOAT}.get(type(default), str)
+        listed = CHOICES.match(help_text) if kind is str else None
+        nargs = len(default) if isinstance(default, tuple) else None
+        choices = listed.group(1).split("|") if listed else None
         parser.add_argument(f"--{name}", type=kind, nargs=nargs, default=default, choices=choices,
                             help=f"{help_text} (default: {default})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -128,12 +113,11 @@ def parse_config(doc, *files, argv=None, presets=None):
         chosen = getattr(parser.parse_known_args(argv)[0], flag)
         parser.set_defaults(**values.get(chosen, {}))
     args = parser.parse_args(argv)
-    for name in vars(args):
-        value = getattr(args, name)
+    for name, value in vars(args).items():
         if name == "lr" or name.startswith("sigma_"):
             check(value > 0, f"--{name} must be positive, got {value}")
-    if isinstance(getattr(args, "mu_data", None), list):
-        args.mu_data = tuple(args.mu_data)
+        if isinstance(value, list):  # a tuple-valued flag stays a tuple
+            setattr(args, name, tuple(value))
     args.device = pick_device(args.device)
     args.out = writable_folder(args.out, "--out")
     if getattr(args, "assets", ""):  # fail now, not after the training, if it is read-only
@@ -148,9 +132,8 @@ def writable_folder(folder, flag):
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        (folder / ".write_test").write_text("")
+        (folder / ".write_test").unlink()
     except OSError as error:
         fail(f"cannot write to {flag} {folder}: {error.strerror or error}")
     return folder
@@ -179,16 +162,13 @@ def copy_to_assets(path, cfg):
 def save_results(out, samples, data):
     """samples.npy: the generated samples, one per row; data.npy: a fresh draw of the same size."""
     for name, array in (("samples", samples), ("data", data)):
-        values = array.detach().cpu().numpy() if torch.is_tensor(array) else array
-        np.save(out / f"{name}.npy", values)
+        np.save(out / f"{name}.npy", torch.as_tensor(array).detach().cpu().numpy())
     print(f"wrote {out / 'samples.npy'} and {out / 'data.npy'}")
 
 
 def show_figures():
-    """Open the figures in a window only where there is a display; saved files are the real
-    output."""
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
-        import matplotlib.pyplot as plt
+    """Open the figures in a window only where there is a display; the files are the output."""
+    if plt.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "template"):
         plt.show()
 
 
