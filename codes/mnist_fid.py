@@ -68,8 +68,8 @@ def load_classifier(cfg):
     seed, one ruler for every run."""
     path = cfg.out / "lenet.pt"
     with torch.random.fork_rng():  # the caller's random state is left as it was
-        torch.manual_seed(cfg.seed)
         if not path.exists() or read_classifier(path)[1].get("epochs") != cfg.lenet_epochs:
+            torch.manual_seed(cfg.seed)  # here, past read_classifier's draws: cache stale or none
             (train_x, train_y), (test_x, test_y) = mnist(cfg, "train"), mnist(cfg, "t10k")
             model = train_lenet(train_x, train_y, cfg)
             with torch.no_grad():
@@ -77,7 +77,7 @@ def load_classifier(cfg):
             state = {"model": model.state_dict(), "accuracy": accuracy, "epochs": cfg.lenet_epochs}
             torch.save(state, path)
             print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
-        model, state = read_classifier(path)  # LeNet() draws its initial weights: inside the fork
+        model, state = read_classifier(path)
     return model, state["accuracy"]
 
 

@@ -403,8 +403,11 @@ def test_a_cached_lenet_of_other_settings_is_retrained_and_a_damaged_one_named(t
     load_classifier(cfg)  # the same settings: the cache serves
     assert "trained" not in capsys.readouterr().out
     cfg.lenet_epochs = 2  # a ruler trained otherwise is not this run's ruler
-    load_classifier(cfg)
+    retrained = load_classifier(cfg)[0].state_dict()
     assert "trained the LeNet for 2 epochs" in capsys.readouterr().out
+    (tmp_path / "none").mkdir()
+    fresh = load_classifier(Namespace(**{**vars(cfg), "out": tmp_path / "none"}))[0].state_dict()
+    assert all(torch.equal(retrained[name], fresh[name]) for name in fresh)  # one seed, one ruler
     (tmp_path / "lenet.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot read the classifier .*lenet.pt"):
         load_classifier(cfg)
