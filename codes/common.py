@@ -100,7 +100,7 @@ def parse_config(doc, *files, argv=None, presets=None):
             continue
         kind = {int: POSITIVE_INT, float: FINITE_FLOAT, tuple: FINITE_FLOAT}.get(type(default), str)
         listed = CHOICES.match(help_text) if kind is str else None
-        nargs = len(default) if isinstance(default, tuple) else None
+        nargs = "+" if isinstance(default, tuple) else None  # a lesson checks a fixed length
         choices = listed.group(1).split("|") if listed else None
         parser.add_argument(f"--{name}", type=kind, nargs=nargs, default=default, choices=choices,
                             help=f"{help_text} (default: {default})")

@@ -99,6 +99,16 @@ def test_tutorial_method_sets_the_blog_posts_constants_unless_a_flag_says_otherw
     assert (mixed.N, mixed.sigma_max) == (20, 1.0)
 
 
+def test_a_tuple_flag_takes_as_many_values_as_given(tmp_path):
+    argv = ["--guidances", "0", "1", "2", "4", "--out", str(tmp_path)]  # the README's example
+    assert parse_config("", CODES / "guidance_multimodal.py", argv=argv).guidances == (0.0, 1.0, 2.0, 4.0)
+
+
+def test_a_tuple_flag_of_fixed_length_says_so(run_here, tmp_path):
+    result = run_here("simple_2Diffusion.py", "--mu_data", "1", "2", "3", "--out", tmp_path)
+    assert_clean_error(result, "--mu_data", "two coordinates")
+
+
 @pytest.mark.parametrize("args, words", [
     (["--sampler", "euler"], ["--sampler", "euler"]),
     (["--sampling_steps", "2000"], ["--sampling_steps", "--T"]),
