@@ -117,7 +117,7 @@ def sample(denoiser, Sigmas, x):
 
 def run(cfg):
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
-    check(len(cfg.mu_data) == 2, f"--mu_data takes the two coordinates of a 2D mean, got {cfg.mu_data}")
+    check(len(cfg.mu_data) == 2, f"--mu_data takes two coordinates, got {cfg.mu_data}")
     Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
     sigma_rms = math.sqrt(sum(m ** 2 for m in cfg.mu_data) / 2 + cfg.sigma_data ** 2)
     denoiser = Denoiser(2, cfg.width, sigma_rms).to(cfg.device)

@@ -106,7 +106,7 @@ def test_a_tuple_flag_takes_as_many_values_as_given(tmp_path):
 
 def test_a_tuple_flag_of_fixed_length_says_so(run_here, tmp_path):
     result = run_here("simple_2Diffusion.py", "--mu_data", "1", "2", "3", "--out", tmp_path)
-    assert_clean_error(result, "--mu_data", "two coordinates")
+    assert_clean_error(result, "--mu_data takes two coordinates")
 
 
 @pytest.mark.parametrize("args, words", [
