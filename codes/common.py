@@ -40,11 +40,11 @@ def hyperparameters(path):
     bound |= {alias.asname or alias.name for node in tree.body
               if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     for node in tree.body:
-        simple = isinstance(node, ast.Assign) and len(node.targets) == 1
-        name = node.targets[0].id if simple and isinstance(node.targets[0], ast.Name) else "_"
-        if (name.isupper() and len(name) > 1) or name.startswith("_"):  # not a hyperparameter
-            continue
-        where = f"{Path(path).name}, line {node.lineno}"
+        if not (isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]):
+            continue  # only a `name = value` line can be a hyperparameter
+        name, where = node.targets[0].id, f"{Path(path).name}, line {node.lineno}"
+        if (name.isupper() and len(name) > 1) or name.startswith("_"):
+            continue  # a constant of the lesson (MODES) or a private name
         check(name not in bound, f"{where}: the hyperparameter {name} hides the import or function "
               "of the same name; rename one of them")
         try:

@@ -1,9 +1,9 @@
 """Lesson 3 with a class label: one network learns p(x | c) and p(x), and guidance extrapolates.
 
-Class 0 puts 40, 30, 20, 10 % on lesson 3's modes (+1, +1), (+1, -1), (-1, +1), (-1, -1), class 1
-the reverse; labels dropped to a null class teach D(x, sigma, c) p(x) too, and lesson 3's sampler
-runs on D(null) + w (D(c) - D(null)) (Ho and Salimans 2022, Algorithm 1 and eq. 6, whose w + 1 is
-our w), and on the exact denoisers. Read it with part 3 of Lior Sinai's tutorial.
+Class 0 puts 40, 30, 20, 10 % on lesson 3's four modes, class 1 the reverse. Classifier-free
+guidance (Ho and Salimans 2022): labels dropped to a null class teach the network p(x)'s denoiser
+D(x, sigma, NULL) too (Algorithm 1); lesson 3's sampler runs on D(NULL) + w (D(c) - D(NULL)) (eq. 6;
+their w + 1 is our w), and on the exact denoisers. Read it with part 3 of Lior Sinai's tutorial.
 
     python codes/guidance_multimodal.py          # about 25 s on a 2-core CPU; -h lists every flag
 """
@@ -25,7 +25,7 @@ N = 40  # noise levels on the ladder = denoising steps
 rho = 7.0  # curvature of the ladder: a larger rho spends more steps at small sigma
 gamma = 0.41  # churn: each step first raises sigma to sigma (1 + gamma) with fresh noise (0: none)
 width = 128  # width of the denoiser's hidden layers
-n_frequencies = 6  # Fourier features of the input at frequencies 2^k pi / 2, k < n_frequencies
+n_frequencies = 6  # sin, cos at 2^k pi / 2 (k < n_frequencies): a small MLP draws sharp modes
 p_uncond = 0.1  # label dropout: share of training points whose class is replaced by the null class
 guidance = 1.0  # w of samples.npy: 0 samples p(x), 1 samples p(x | c), > 1 sharpens
 guidances = (0.0, 1.0, 2.0)  # the w at which the network is set beside the exact answer
@@ -37,8 +37,8 @@ exact_size = 10000  # exact-denoiser samples per class at each w (they need no t
 assets = ""  # also write the README's picture to this folder; empty: only --out
 
 CLASS_WEIGHTS = torch.tensor([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]])  # (2, 4): pi_k(c)
-NULL = 2  # the label of the null class, "no class given"
-WEIGHTS = torch.cat([CLASS_WEIGHTS, CLASS_WEIGHTS.mean(0, keepdim=True)])  # (3, 4): NULL's: p(x)
+NULL = 2  # the null class, "no class given": its weights are p(x)'s, the mean as p(c) = 1/2
+WEIGHTS = torch.cat([CLASS_WEIGHTS, CLASS_WEIGHTS.mean(0, keepdim=True)])  # (3, 4): 0, 1, NULL
 
 
 # ---------------------------------------------------------------------- data
@@ -60,7 +60,7 @@ def exact_denoiser(x, sigma, labels, sigma_data):
 
 
 class Denoiser(nn.Module):
-    """Lesson 3's D (Table 1) fed sines and cosines of c_in x, and a learned vector per label."""
+    """Lesson 3's D (Table 1) fed Fourier features of c_in x, and a learned vector per label."""
 
     def __init__(self, dim, width, sigma_rms, n_frequencies):
         super().__init__()
@@ -68,7 +68,7 @@ class Denoiser(nn.Module):
         self.register_buffer("frequencies", 2.0 ** torch.arange(n_frequencies) * math.pi / 2)
         inputs = (dim * (1 + 2 * n_frequencies) + 1, width, width)  # x, its sines, cosines, c_noise
         self.layers = nn.ModuleList(nn.Linear(n, width) for n in inputs)
-        self.classes = nn.Embedding(3, 3 * width)  # classes 0, 1 and NULL: a bias for each layer
+        self.classes = nn.Embedding(len(WEIGHTS), len(inputs) * width)  # 0, 1, NULL: layer biases
         self.output = nn.Linear(width, dim)
 
     def forward(self, x, sigma, labels):  # x: (n, dim), sigma: (n, 1), labels: (n,)
@@ -79,14 +79,14 @@ class Denoiser(nn.Module):
         c_noise = sigma.log() / 4  # Table 1: how the network is told the noise level
         angles = ((c_in * x)[:, :, None] * self.frequencies).flatten(1)  # (n, dim K)
         h = torch.cat([c_in * x, angles.sin(), angles.cos(), c_noise], dim=1)  # (n, inputs[0])
-        for layer, bias in zip(self.layers, self.classes(labels).chunk(3, dim=1)):
+        for layer, bias in zip(self.layers, self.classes(labels).chunk(len(self.layers), dim=1)):
             h = nn.functional.silu(layer(h) + bias)  # (n, width)
         return c_skip * x + c_out * self.output(h)  # (n, dim)
 
 
 def guided(denoiser, w, labels):
     """D_w = D(NULL) + w (D(c) - D(NULL)), c = labels. As D is x + sigma^2 times the score, D_w
-    follows that of p_sigma(x | c)^w p_sigma(x)^(1-w): not the noisy p(x | c)^w p(x)^(1-w)."""
+    follows that of p_sigma(x | c)^w p_sigma(x)^(1-w), not of p(x | c)^w p(x)^(1-w) noised."""
     null = torch.full_like(labels, NULL)
 
     def guided_denoiser(x, sigma):
@@ -121,15 +121,14 @@ def train(denoiser, cfg):
 
 
 # ---------------------------------------------------------------------- sampler
-def guided_samples(denoiser, w, n, cfg):  # n samples of each class, from lesson 3's sampler
+def guided_samples(denoiser, w, n, Sigmas, cfg):  # n samples of each class: lesson 3's sampler
     labels = torch.arange(2, device=cfg.device).repeat_interleave(n)  # (2n,): n of class 0, then 1
-    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
     noise = cfg.sigma_max * torch.randn(2 * n, 2, device=cfg.device)  # (2n, 2)
     return sample(guided(denoiser, w, labels), Sigmas, noise, cfg.gamma)[-1], labels
 
 
 def sharpened_weights(c, w):
-    """Mode weights of p(x | c)^w p(x)^(1-w) for well-separated modes of one std: near mode k it is
+    """Mode weights of p(x | c)^w p(x)^(1-w) for well-separated modes, all of std sigma_data: near k
     (pi_k(c) N_k)^w (pi_k N_k)^(1-w) = pi_k(c)^w pi_k^(1-w) N_k; each mode keeps std sigma_data."""
     weights = WEIGHTS[c] ** w * WEIGHTS[NULL] ** (1 - w)  # (4,)
     return (weights / weights.sum()).tolist()
@@ -143,16 +142,17 @@ def numbers(values, digits=3):
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
     check(0 < cfg.p_uncond < 1, f"--p_uncond must lie strictly between 0 and 1, got {cfg.p_uncond}")
+    Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
     denoiser = Denoiser(2, cfg.width, math.sqrt(1 + cfg.sigma_data ** 2), cfg.n_frequencies)
     train(denoiser.to(cfg.device), cfg)
     ws = sorted(set(cfg.guidances) | {cfg.guidance, 1.0})  # the w sampled and printed; 1 is checked
-    runs = {(name, w): guided_samples(D, w, n, cfg) for w in ws for name, D, n in (
+    runs = {(name, w): guided_samples(D, w, size, Sigmas, cfg) for w in ws for name, D, size in (
         ("network", denoiser, cfg.test_size),
         ("exact", lambda x, sigma, c: exact_denoiser(x, sigma, c, cfg.sigma_data), cfg.exact_size))}
     samples, labels = runs["network", cfg.guidance]
     save_results(cfg.out, samples, sample_data(labels, cfg))  # data.npy: p(x | c), same labels
     np.save(cfg.out / "labels.npy", labels.cpu().numpy())  # the class each sample asked for
-    points = {(w, c, n): x[y == c].cpu() for (n, w), (x, y) in runs.items() for c in (0, 1)}
+    points = {(w, c, name): x[y == c].cpu() for (name, w), (x, y) in runs.items() for c in (0, 1)}
     report = {key: mode_report(points[key], cfg.sigma_data) for key in sorted(points)}
     fig, axes = plt.subplots(len(ws), 4, figsize=(13, 3.5 * len(ws)), layout="constrained")
     for ax, (w, c, name) in zip(axes.flat, report):  # per w: class 0 exact, network, then class 1
@@ -161,7 +161,7 @@ if __name__ == "__main__":
     save_figure(fig, cfg.out / "guidance_multimodal.png")
     copy_to_assets(cfg.out / "guidance_multimodal.png", cfg)
 
-    print(f"shares at (1,1) (1,-1) (-1,1) (-1,-1); sampling std <= {.5 / cfg.test_size ** .5:.4f}")
+    print(f"shares (1,1) (1,-1) (-1,1) (-1,-1), standard error <= {.5 / cfg.test_size ** .5:.4f}")
     for (w, c, name), (shares, off_mode, stds) in report.items():
         print(f"w {w:g} class {c} {name:>7}: shares {numbers(shares)}  off-mode {off_mode:.4f}  "
               f"std {numbers(stds, 4)}")

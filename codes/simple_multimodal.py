@@ -44,6 +44,7 @@ def sample_data(n, cfg):
 def karras_sigmas(sigma_min, sigma_max, N, rho):
     """sigma_i = (top + i / (N - 1) (bottom - top))^rho with top = sigma_max^(1/rho), bottom =
     sigma_min^(1/rho), for i = 0..N-1, then a final 0 (Karras et al. 2022, eq. 5)."""
+    check(sigma_min < sigma_max, "--sigma_min must be smaller than --sigma_max")
     ramp = torch.linspace(0, 1, N)
     top, bottom = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     Sigmas = (top + ramp * (bottom - top)) ** rho
@@ -131,7 +132,6 @@ def mode_report(x, sigma_data):
 
 
 def run(cfg):
-    check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
     Sigmas = karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho).to(cfg.device)
     denoiser = Denoiser(2, cfg.width, math.sqrt(1 + cfg.sigma_data ** 2)).to(cfg.device)
     losses = train(denoiser, sample_data, cfg)

@@ -21,6 +21,10 @@ def config(*argv):
     return lesson.parse_config("", lesson.__file__, argv=argv)
 
 
+def ladder(cfg):
+    return lesson.karras_sigmas(cfg.sigma_min, cfg.sigma_max, cfg.N, cfg.rho)
+
+
 def log_density(x, weights, var):
     """log sum_k weights_k N(x; mu_k, var I) in 2D, written out independently of the lesson."""
     squares = ((x[:, None, :] - lesson.MODES.to(x)) ** 2).sum(-1)  # (n, 4)
@@ -83,7 +87,8 @@ def test_exact_guided_sampling_gives_p_x_at_w0_and_p_x_given_c_at_w1(w):
     """w = 1 is plain conditional sampling: each class gets its weights; w = 0 ignores the class:
     both get p(x)'s equal weights. Shares within 0.02 (4 sampling stds at 10000 per class)."""
     torch.manual_seed(0)
-    x, labels = lesson.guided_samples(exact, w, 10000, config())
+    cfg = config()
+    x, labels = lesson.guided_samples(exact, w, 10000, ladder(cfg), cfg)
     assert x.shape == (20000, 2) and labels.tolist() == [0] * 10000 + [1] * 10000
     for c in (0, 1):
         shares, off_mode, stds = mode_statistics(x[labels == c], lesson.MODES, STD)
@@ -219,7 +224,8 @@ def test_guided_network_matches_the_exact_guided_sampler_at_w2(run, tmp_path):
     assert result.returncode == 0, result.stderr
     samples, labels = np.load(tmp_path / "samples.npy"), np.load(tmp_path / "labels.npy")
     torch.manual_seed(0)
-    reference, reference_labels = lesson.guided_samples(exact, 2.0, 20000, config())
+    cfg = config()
+    reference, reference_labels = lesson.guided_samples(exact, 2.0, 20000, ladder(cfg), cfg)
     for c in (0, 1):
         shares, _, _ = mode_statistics(samples[labels == c], lesson.MODES, STD)
         expected, _, _ = mode_statistics(reference[reference_labels == c], lesson.MODES, STD)
