@@ -99,6 +99,11 @@ def test_tutorial_method_sets_the_blog_posts_constants_unless_a_flag_says_otherw
     assert (mixed.N, mixed.sigma_max) == (20, 1.0)
 
 
+@pytest.mark.parametrize("script", ["simple_multimodal.py", "guidance_multimodal.py", "samplers.py"])
+def test_a_ladder_upside_down_stops_before_training(run_here, tmp_path, script):
+    assert_clean_error(run_here(script, "--sigma_min", "30", "--out", tmp_path), "--sigma_min must be smaller")
+
+
 def test_a_tuple_flag_takes_as_many_values_as_given(tmp_path):
     argv = ["--guidances", "0", "1", "2", "4", "--out", str(tmp_path)]  # the README's example
     assert parse_config("", CODES / "guidance_multimodal.py", argv=argv).guidances == (0.0, 1.0, 2.0, 4.0)
