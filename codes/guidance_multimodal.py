@@ -5,7 +5,7 @@ guidance (Ho and Salimans 2022): labels dropped to a null class teach the networ
 D(x, sigma, NULL) too (Algorithm 1); lesson 3's sampler runs on D(NULL) + w (D(c) - D(NULL)) (eq. 6;
 their w + 1 is our w), and on the exact denoisers. Read it with part 3 of Lior Sinai's tutorial.
 
-    python codes/guidance_multimodal.py          # about 25 s on a 2-core CPU; -h lists every flag
+    python codes/guidance_multimodal.py          # about 27 s on a 2-core CPU; -h lists every flag
 """
 import math
 

@@ -6,7 +6,7 @@ drive five samplers down one noise ladder (Karras et al. 2022, eq. 5): Euler (wh
 stochastic sampler (Algorithm 2), at equal NFE (number of function, i.e. denoiser, evaluations).
 With the exact denoiser the error is the sampler's own; with the network, what a learner gets.
 
-    python codes/samplers.py                  # about 45 s on a 2-core CPU; -h lists every flag
+    python codes/samplers.py                  # about 32 s on a 2-core CPU; -h lists every flag
 """
 import math
 

@@ -9,7 +9,7 @@ the deterministic path that carries N(0, sigma_max^2 I) into the data, every noi
 way matched. What changes from lesson 1: the data, the width of the network's input and output, and
 the numbers printed, now one per coordinate.
 
-    python codes/simple_2Diffusion.py          # about 17 s on a 2-core CPU; -h lists every flag
+    python codes/simple_2Diffusion.py          # about 11 s on a 2-core CPU; -h lists every flag
 """
 import math
 

@@ -9,7 +9,7 @@ the network is slightly off; the fresh noise nudges it off the border, into one 
 shows this. The script prints the share of samples at each mode, the share far from every mode, and
 each mode's std.
 
-    python codes/simple_multimodal.py          # about 21 s on a 2-core CPU; -h lists every flag
+    python codes/simple_multimodal.py          # about 13 s on a 2-core CPU; -h lists every flag
 """
 import math
 
