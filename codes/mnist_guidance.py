@@ -45,7 +45,7 @@ ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
 p_uncond = 0.1  # share of training labels replaced by the null label, "any digit"
 guidance = 2.0  # w of the digits saved in samples.npy: 1 is conditional, 0 unconditional
 compare = (1.0,)  # other values of w that the run samples and scores
-guided_steps = (0, 750)  # guidance acts at these t (first, last); the others use w = 1
+guided_steps = (0, 750)  # the t where w acts (first, last); elsewhere w = 1, the label alone
 sampling_steps = 100  # steps of lesson 10's ancestral sampler, evenly spaced over 1..T
 digit = "all"  # all|0|1|2|3|4|5|6|7|8|9: the digit to draw, or all of them
 n_per_digit = 100  # digits generated per digit asked for (and per w)

@@ -114,6 +114,11 @@ def test_a_tuple_flag_of_fixed_length_says_so(run_here, tmp_path):
     assert_clean_error(result, "--mu_data takes two coordinates")
 
 
+@pytest.mark.parametrize("steps", [["5"], ["800", "700"], ["0", "500", "750"]])
+def test_guided_steps_take_a_first_and_a_last(run_here, tmp_path, steps):
+    assert_clean_error(run_here("mnist_guidance.py", "--guided_steps", *steps, "--out", tmp_path), "--guided_steps")
+
+
 @pytest.mark.parametrize("args, words", [
     (["--sampler", "euler"], ["--sampler", "euler"]),
     (["--sampling_steps", "2000"], ["--sampling_steps", "--T"]),
