@@ -198,7 +198,7 @@ if __name__ == "__main__":
     test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
     save_results(cfg.out, samples[f"eta = {cfg.eta:g}"], test_digits)
 
-    scores = mnist_fid.score(samples, cfg)
+    scores = mnist_fid.score(samples, cfg, compared=("eta = 0",))  # the target is eta's
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
     for ax, (name, digits) in zip(axes, samples.items()):
         ax.imshow(image_grid(digits, min(8, math.isqrt(len(digits)))), cmap="gray")

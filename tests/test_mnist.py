@@ -449,6 +449,8 @@ def test_reinjection_end_to_end(run, tmp_path, tiny_mnist):
     assert result.returncode == 0, result.stderr
     for words in ("eta = 0 ", "eta = 1 ", "x the floor", "sigma_data", "9 network evaluations per digit, tan"):
         assert words in result.stdout
+    rows = {line.split()[2]: line for line in result.stdout.splitlines() if line.startswith("  eta = ")}
+    assert "(target <= 3)" in rows["1"] and "target" not in rows["0"]  # eta = 0 is the comparison
     assert np.load(tmp_path / "samples.npy").shape == (20, 28, 28)
     assert (tmp_path / "mnist_reinjection.png").stat().st_size > 0  # into --out: assets/ only on request
 
