@@ -96,18 +96,19 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """v_theta(x_t, t) for 28x28 images: 28 -> 14 -> 7 -> 14 -> 28, every block told t."""
 
-    def __init__(self, c):
+    def __init__(self, c, c_mid=None):  # c_mid: the width at 7x7, 2c unless given
         super().__init__()
-        self.c, time_dim = c, 4 * c
+        self.c, time_dim, c_mid = c, 4 * c, c_mid or 2 * c
         self.time_mlp = nn.Sequential(nn.Linear(c, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
         self.stem = nn.Conv2d(1, c, 3, padding=1)
         self.down1, self.pool1 = ResBlock(c, c, time_dim), nn.Conv2d(c, c, 3, stride=2, padding=1)
         self.down2 = ResBlock(c, 2 * c, time_dim)
-        self.pool2 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
-        self.mid1, self.attention = ResBlock(2 * c, 2 * c, time_dim), Attention(2 * c)
-        self.mid2 = ResBlock(2 * c, 2 * c, time_dim)
-        self.up2, self.up1 = ResBlock(4 * c, 2 * c, time_dim), ResBlock(3 * c, c, time_dim)
+        self.pool2 = nn.Conv2d(2 * c, c_mid, 3, stride=2, padding=1)
+        self.mid1, self.attention = ResBlock(c_mid, c_mid, time_dim), Attention(c_mid)
+        self.mid2 = ResBlock(c_mid, c_mid, time_dim)
+        self.up2 = ResBlock(c_mid + 2 * c, 2 * c, time_dim)
+        self.up1 = ResBlock(3 * c, c, time_dim)
         self.head = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
 
     def forward(self, x, t):  # x: (n, 1, 28, 28), t: (n,) steps 0..T-1
@@ -116,7 +117,7 @@ class UNet(nn.Module):
     def body(self, x, emb):  # emb: (n, 4c), what every block is told
         skip1 = self.down1(self.stem(x), emb)  # (n, c, 28, 28)
         skip2 = self.down2(self.pool1(skip1), emb)  # (n, 2c, 14, 14)
-        h = self.mid2(self.attention(self.mid1(self.pool2(skip2), emb)), emb)  # (n, 2c, 7, 7)
+        h = self.mid2(self.attention(self.mid1(self.pool2(skip2), emb)), emb)  # (n,c_mid,7,7)
         h = self.up2(torch.cat([F.interpolate(h, scale_factor=2.0), skip2], 1), emb)  # (n,2c,14,14)
         h = self.up1(torch.cat([F.interpolate(h, scale_factor=2.0), skip1], 1), emb)  # (n,c,28,28)
         return self.head(h)  # (n, 1, 28, 28)

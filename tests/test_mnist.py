@@ -233,7 +233,7 @@ LOADERS = [("mnist_UNet.py", lesson), ("mnist_UNet_video.py", lesson), ("mnist_r
 def checkpoint_of(writer, path):
     """A real checkpoint as the lesson `writer` saves it (its tag, tiny weights), or one of the old format, which had
     no lesson in it."""
-    cfg = Namespace(channels=8, T=50, sigma_min=0.02, sigma_max=20.0)
+    cfg = Namespace(channels=8, channels_mid=16, T=50, sigma_min=0.02, sigma_max=20.0)
     if writer == "old":
         weights = lesson.UNet(8).state_dict()
         torch.save({"model": weights, "ema": weights, "epoch": 1, "target": "v", "config": {"channels": 8}}, path)

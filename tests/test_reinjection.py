@@ -180,6 +180,18 @@ def test_the_unet_is_told_sigma():
     assert (outputs[0] - outputs[1]).abs().mean() > 1e-3
 
 
+def test_the_unet_is_as_wide_at_7x7_as_channels_mid(tmp_path):
+    """--channels_mid sets the width of the UNet's 7x7 blocks, where a digit's overall shape is settled; the
+    28x28 and 14x14 blocks keep --channels and twice that. One short epoch of the lesson's own training."""
+    torch.manual_seed(0)
+    cfg = Namespace(**vars(CFG), channels=8, channels_mid=24, nb_epochs=1, batch_size=4, lr=1e-3, ema_decay=0.9,
+                    seed=0, resume=False, out=tmp_path)
+    ema = lesson.train(torch.rand(8, 1, 28, 28) * 2 - 1, 0.6, False, cfg)
+    widths = [block.conv2.out_channels for block in (ema.down1, ema.down2, ema.mid1, ema.mid2, ema.up2, ema.up1)]
+    assert widths == [8, 16, 24, 24, 16, 8]
+    assert ema(torch.randn(2, 1, 28, 28), torch.tensor([0.0, 500.0])).shape == (2, 1, 28, 28)
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.5, 20.0])
 def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
     """Where the chip has it, the lesson runs the UNet under torch.autocast in bfloat16 (8 bits of mantissa, steps of
