@@ -107,8 +107,7 @@ class UNet(nn.Module):
         self.pool2 = nn.Conv2d(2 * c, c_mid, 3, stride=2, padding=1)
         self.mid1, self.attention = ResBlock(c_mid, c_mid, time_dim), Attention(c_mid)
         self.mid2 = ResBlock(c_mid, c_mid, time_dim)
-        self.up2 = ResBlock(c_mid + 2 * c, 2 * c, time_dim)
-        self.up1 = ResBlock(3 * c, c, time_dim)
+        self.up2, self.up1 = ResBlock(c_mid + 2 * c, 2 * c, time_dim), ResBlock(3 * c, c, time_dim)
         self.head = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
 
     def forward(self, x, t):  # x: (n, 1, 28, 28), t: (n,) steps 0..T-1
