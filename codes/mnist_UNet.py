@@ -54,16 +54,14 @@ def cosine_schedule(T):
 
 # ----------------------------------------------------------------------------- the UNet
 def time_embedding(t, dim):
-    """Sinusoidal embedding of the step t (Vaswani et al. 2017), as in Ho et al.: (n,) -> (n,
-    dim)."""
+    """Ho et al.'s sinusoidal embedding of the step t (Vaswani et al. 2017): (n,) -> (n, dim)."""
     frequencies = torch.exp(-math.log(10000) * torch.arange(dim // 2, device=t.device) / (dim // 2))
     angles = t[:, None].float() * frequencies  # (n, dim / 2)
     return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class ResBlock(nn.Module):
-    """GroupNorm, SiLU, 3x3 conv, plus the time embedding as a per-channel shift; twice; plus a
-    skip."""
+    """GroupNorm, SiLU, 3x3 conv, the time embedding added as a per-channel shift; twice; a skip."""
 
     def __init__(self, c_in, c_out, time_dim):
         super().__init__()
@@ -99,6 +97,7 @@ class UNet(nn.Module):
     def __init__(self, c, c_mid=None):  # c_mid: the width at 7x7, 2c unless given
         super().__init__()
         self.c, time_dim, c_mid = c, 4 * c, c_mid or 2 * c
+        check(c % 8 == c_mid % 8 == 0, f"UNet widths {c}, {c_mid}: not multiples of 8 (GroupNorm)")
         self.time_mlp = nn.Sequential(nn.Linear(c, time_dim), nn.SiLU(),
                                       nn.Linear(time_dim, time_dim))
         self.stem = nn.Conv2d(1, c, 3, padding=1)

@@ -269,6 +269,13 @@ def test_the_scripts_check_the_tag(run, tmp_path, tiny_mnist, script, flag, writ
     assert_clean_error(result, f"written by {writer}", "model.pt")
 
 
+@pytest.mark.parametrize("script, args", [("mnist_UNet.py", ["--channels", "12"]),
+                                          ("mnist_reinjection.py", ["--channels", "8", "--channels_mid", "12"])])
+def test_a_width_the_groupnorm_cannot_split_stops_with_one_line(run, tmp_path, tiny_mnist, script, args):
+    result = run(script, "--data", tiny_mnist, "--n_train", "64", *args, "--out", tmp_path)
+    assert_clean_error(result, "multiples of 8", "12")
+
+
 # ----------------------------------------------------------------------------- samplers, with the exact denoiser
 def exact_v(mean, std, alpha_bar):
     """v*(x_t, t) = E[v | x_t] = sqrt(abar_t) E[eps | x_t] - sqrt(1 - abar_t) E[x0 | x_t] for pixels x0 ~ N(mean, std^2)
