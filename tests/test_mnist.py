@@ -20,7 +20,7 @@ import mnist_plumbing as plumbing
 import mnist_reinjection
 import mnist_UNet as lesson
 from conftest import write_idx
-from mnist_fid import frechet_distance, load_classifier, same_class_mix
+from mnist_fid import LeNet, features, frechet_distance, load_classifier, report, same_class_mix
 from test_cli import assert_clean_error
 
 MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py", "mnist_guidance.py",
@@ -386,6 +386,28 @@ def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples
         same_class_mix(labels, np.array([100] * 8 + [50, 50]) / 900, 900, torch.Generator().manual_seed(0))
 
 
+def test_a_larger_sample_scores_the_mean_fld_of_its_sets_at_the_floors_n(tiny_mnist, capsys):
+    """The floor is the FLD at n digits, which falls as n grows: 3n samples must score the mean of three FLDs at n,
+    not one FLD at 3n, and a sample of n one FLD, without a spread."""
+    cfg = Namespace(data=tiny_mnist, mirror="", seed=0, set_size=40, floor_draws=4)
+    torch.manual_seed(0)
+    model = LeNet().eval()  # untrained: any fixed map of the digits to features will do
+    model.features[-2].weight.data *= 100  # features of order 1, not 0.01: FLDs that print as more than 0.00
+    test_x = (plumbing.load_mnist(tiny_mnist, "t10k", "")[0][:, 0] + 1) / 2
+    train_x = (plumbing.load_mnist(tiny_mnist, "train", "")[0][:, 0] + 1) / 2
+    three, one = train_x[:120], train_x[120:160].flip(-1)  # real: FLDs of 40 and of 120 differ threefold
+    scores = report(model, {"three sets": three, "one set": one}, cfg, compared=("one set",))
+    reference = features(model, test_x)
+    parts = [frechet_distance(features(model, part), reference) for part in three.split(40)]
+    assert np.isclose(scores["three sets"], np.mean(parts))
+    assert not np.isclose(scores["three sets"], frechet_distance(features(model, three), reference), rtol=0.2)
+    assert np.isclose(scores["one set"], frechet_distance(features(model, one), reference))
+    printed = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in printed.splitlines() if "x the floor" in line}
+    assert f"(mean of 3 sets: {min(parts):.2f} to {max(parts):.2f})" in rows["three"]
+    assert "mean of" not in rows["one"] and "n = 40:" in printed and "mean of 4 draws" in printed
+
+
 def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
     """Lesson 11 trains its LeNet after sampling: a sampler that draws more random numbers must not change the ruler
     that scores it, nor may training the LeNet change what the caller draws next."""
@@ -438,7 +460,7 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
         assert words in fid.stdout
     floor_row = next(line for line in fid.stdout.splitlines() if "(floor)" in line)
     floor, lowest, highest = (float(number) for number in re.findall(r"\d+\.\d+", floor_row))
-    assert "mean of 10 draws" in floor_row and lowest <= floor <= highest
+    assert "mean of 100 draws" in floor_row and lowest <= floor <= highest
     assert (tmp_path / "fid" / "lenet.pt").exists()
 
     video = run("mnist_UNet_video.py", "--data", tiny_mnist, "--channels", "8", "--T", "50", "--sampling_steps", "10",
@@ -452,12 +474,15 @@ def test_scripts_end_to_end(run, tmp_path, tiny_mnist):
 
 def test_reinjection_end_to_end(run, tmp_path, tiny_mnist):
     result = run("mnist_reinjection.py", "--data", tiny_mnist, "--n_train", "64", "--channels", "8", "--nb_epochs", "1",
-                 "--batch_size", "32", "--sigma_max", "2", "--N", "8", "--n_samples", "20", "--out", tmp_path)
+                 "--batch_size", "32", "--sigma_max", "2", "--N", "8", "--n_samples", "20", "--n_compared", "10",
+                 "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    for words in ("eta = 0 ", "eta = 1 ", "x the floor", "sigma_data", "9 network evaluations per digit, tan"):
+    for words in ("eta = 0 ", "eta = 1 ", "x the floor", "sigma_data", "20 digits, 9 network evaluations each, tan",
+                  "eta = 0: 10 digits, 9 network evaluations each", "n = 10:"):
         assert words in result.stdout
     rows = {line.split()[2]: line for line in result.stdout.splitlines() if line.startswith("  eta = ")}
     assert "(target <= 3)" in rows["1"] and "target" not in rows["0"]  # eta = 0 is the comparison
+    assert "(mean of 2 sets" in rows["1"] and "mean of" not in rows["0"]  # scored at the n of the smaller set
     assert np.load(tmp_path / "samples.npy").shape == (20, 28, 28)
     assert (tmp_path / "mnist_reinjection.png").stat().st_size > 0  # into --out: assets/ only on request
 
