@@ -133,6 +133,16 @@ def same_class_mix(labels, shares, n, generator):
     return torch.cat(draws)  # (n,)
 
 
+def disjoint_sets(images, n, generator):
+    """All of `images` if there are n, else as many disjoint sets of n as they hold, drawn at
+    random: samples in order of their class (lesson 13's) then give every set every class. The
+    digits left over, fewer than n, are not scored. Each set's FLD is as noisy as one floor draw."""
+    if len(images) == n:
+        return [images]
+    order = torch.randperm(len(images), generator=generator)[:len(images) // n * n]
+    return list(images[order].split(n))
+
+
 def load_samples(path):
     try:
         array = np.load(path)
@@ -172,11 +182,11 @@ def report(model, named_samples, cfg, labels=None, compared=()):
           f"{frechet_distance(features(model, noise), reference):9.2f}")
     scores = {}
     for name, images in named_samples.items():
-        sets = [frechet_distance(features(model, part), reference) for part in images.split(n)
-                if len(part) == n]  # one FLD per n digits: each as noisy as one floor draw
+        parts = disjoint_sets(images, n, torch.Generator().manual_seed(cfg.seed))
+        sets = [frechet_distance(features(model, part), reference) for part in parts]
         scores[name] = float(np.mean(sets))
         with torch.no_grad():
-            read = torch.cat([model(chunk) for chunk in images.split(1000)]).argmax(1)  # (n,)
+            read = torch.cat([model(chunk) for chunk in images.split(1000)]).argmax(1)  # (len,)
         shares = np.bincount(read.numpy(), minlength=10) / len(images)
         ratio = scores[name] / floor
         target = "" if name in compared else " (target <= 3)"
@@ -208,4 +218,5 @@ def score(named_samples, cfg, labels=None, compared=()):
 
 if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
+    check(cfg.set_size >= 100, f"--set_size {cfg.set_size}: an FLD needs hundreds of digits")
     score({f"samples ({cfg.samples})": load_samples(cfg.samples)}, cfg)

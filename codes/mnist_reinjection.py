@@ -50,7 +50,7 @@ ladder = "tan"  # tan|geometric: sigma spaced like the training draws, or the tu
 N = 270  # sampler steps, sigma_max to sigma_min; geometric: 270 gives the tutorial's alpha 0.05
 eta = 1.0  # fresh noise: 1 is DDPM's step, 0 the deterministic DDIM step, in between a mix
 n_samples = 1000  # digits generated with eta; more score the mean FLD of their sets of 1000
-n_compared = 1000  # digits generated with eta = 0, from the first of the same starting noises
+n_compared = 1000  # digits generated with eta = 0 (at most n_samples), from the same first noises
 bf16 = "auto"  # auto|on|off: compute in bfloat16, weights in float32; auto: where the chip has it
 resume = False  # continue training from --out/model.pt instead of starting afresh
 assets = ""  # also write the README's picture into this folder (empty: only into --out)
@@ -186,8 +186,7 @@ if __name__ == "__main__":
     cfg = parse_config(__doc__, __file__)
     check(cfg.sigma_min < cfg.sigma_max, "--sigma_min must be smaller than --sigma_max")
     check(0 < cfg.eta <= 1, f"--eta must lie in (0, 1]: it is compared with 0, got {cfg.eta}")
-    check(cfg.n_compared <= cfg.n_samples, "--n_compared must not exceed --n_samples: it reuses "
-          "their starting noise")
+    check(min(cfg.n_samples, cfg.n_compared) > 1, "--n_samples and --n_compared: at least 2 each")
     images, mean, sigma_data = centred_mnist(cfg)
     bf16 = use_bf16(cfg.bf16, cfg.device)
     print(f"{len(images)} training digits, pixel mean {mean:.3f}, sigma_data {sigma_data:.3f}; "
@@ -197,7 +196,8 @@ if __name__ == "__main__":
     print(f"training {(time.time() - clock) / 60:.1f} min")
     x_start = cfg.sigma_max * torch.randn(cfg.n_samples, 1, 28, 28, device=cfg.device)  # for both
     sigmas, samples = noise_ladder(cfg.ladder, cfg.N, sigma_data, cfg), {}
-    for eta, n in ((cfg.eta, cfg.n_samples), (0.0, cfg.n_compared)):  # the same ladder, the same
+    compared = min(cfg.n_compared, cfg.n_samples)
+    for eta, n in ((cfg.eta, cfg.n_samples), (0.0, compared)):  # the same ladder, the same
         clock = time.time()  # N + 1 evaluations per digit: only the fresh noise differs
         samples[f"eta = {eta:g}"] = generate(ema, x_start[:n], sigmas, eta, sigma_data, mean, bf16,
                                              cfg)

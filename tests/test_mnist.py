@@ -20,7 +20,8 @@ import mnist_plumbing as plumbing
 import mnist_reinjection
 import mnist_UNet as lesson
 from conftest import write_idx
-from mnist_fid import LeNet, features, frechet_distance, load_classifier, report, same_class_mix
+from mnist_fid import (LeNet, disjoint_sets, features, frechet_distance, load_classifier, report,
+                       same_class_mix)
 from test_cli import assert_clean_error
 
 MNIST_SCRIPTS = ("mnist_UNet.py", "mnist_UNet_video.py", "mnist_fid.py", "mnist_reinjection.py", "mnist_guidance.py",
@@ -387,25 +388,40 @@ def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples
 
 
 def test_a_larger_sample_scores_the_mean_fld_of_its_sets_at_the_floors_n(tiny_mnist, capsys):
-    """The floor is the FLD at n digits, which falls as n grows: 3n samples must score the mean of three FLDs at n,
-    not one FLD at 3n, and a sample of n one FLD, without a spread."""
-    cfg = Namespace(data=tiny_mnist, mirror="", seed=0, set_size=40, floor_draws=4)
+    """The floor is the FLD at n digits, which falls as n grows: 4n samples must score the mean of four FLDs at n, not
+    one FLD at 4n; sorted by class, as lesson 13's are, each set must still hold every class; a sample of n scores
+    one FLD, without a spread."""
+    cfg = Namespace(data=tiny_mnist, mirror="", seed=0, set_size=30, floor_draws=4)
     torch.manual_seed(0)
     model = LeNet().eval()  # untrained: any fixed map of the digits to features will do
     model.features[-2].weight.data *= 100  # features of order 1, not 0.01: FLDs that print as more than 0.00
     test_x = (plumbing.load_mnist(tiny_mnist, "t10k", "")[0][:, 0] + 1) / 2
-    train_x = (plumbing.load_mnist(tiny_mnist, "train", "")[0][:, 0] + 1) / 2
-    three, one = train_x[:120], train_x[120:160].flip(-1)  # real: FLDs of 40 and of 120 differ threefold
-    scores = report(model, {"three sets": three, "one set": one}, cfg, compared=("one set",))
+    train_x, train_y = plumbing.load_mnist(tiny_mnist, "train", "")
+    train_x = (train_x[:, 0] + 1) / 2
+    by_class = train_x[:120][train_y[:120].argsort(stable=True)]  # 12 of each digit, 0s first
+    one = train_x[120:150].flip(-1)
+    scores = report(model, {"by class": by_class, "one set": one}, cfg, compared=("one set",))
     reference = features(model, test_x)
-    parts = [frechet_distance(features(model, part), reference) for part in three.split(40)]
-    assert np.isclose(scores["three sets"], np.mean(parts))
-    assert not np.isclose(scores["three sets"], frechet_distance(features(model, three), reference), rtol=0.2)
+    parts = disjoint_sets(by_class, 30, torch.Generator().manual_seed(cfg.seed))
+    part_fids = [frechet_distance(features(model, part), reference) for part in parts]
+    assert len(parts) == 4 and np.isclose(scores["by class"], np.mean(part_fids))
+    assert not np.isclose(scores["by class"], frechet_distance(features(model, by_class), reference), rtol=0.2)
+    in_order = [frechet_distance(features(model, part), reference) for part in by_class.split(30)]  # 3 digits each
+    assert scores["by class"] < 0.7 * np.mean(in_order)
     assert np.isclose(scores["one set"], frechet_distance(features(model, one), reference))
     printed = capsys.readouterr().out
     rows = {line.split()[0]: line for line in printed.splitlines() if "x the floor" in line}
-    assert f"(mean of 3 sets: {min(parts):.2f} to {max(parts):.2f})" in rows["three"]
-    assert "mean of" not in rows["one"] and "n = 40:" in printed and "mean of 4 draws" in printed
+    assert f"(mean of 4 sets: {min(part_fids):.2f} to {max(part_fids):.2f})" in rows["by"]
+    assert "mean of" not in rows["one"] and "n = 30:" in printed and "mean of 4 draws" in printed
+
+
+def test_disjoint_sets_hold_every_class_and_leave_out_fewer_than_n():
+    labels = torch.arange(130) // 13  # sorted by class, 13 of each
+    sets = disjoint_sets(torch.arange(130), 30, torch.Generator().manual_seed(0))
+    assert [len(part) for part in sets] == [30] * 4 and len(torch.cat(sets).unique()) == 120
+    assert all(len(labels[part].unique()) == 10 for part in sets)
+    everything = torch.arange(30)
+    assert disjoint_sets(everything, 30, torch.Generator().manual_seed(0))[0] is everything  # n digits: all, as given
 
 
 def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):

@@ -209,6 +209,6 @@ def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
 
 @pytest.mark.parametrize("args, words", [(["--eta", "0"], ["--eta"]), (["--eta", "1.5"], ["--eta"]),
                                          (["--ladder", "cosine"], ["--ladder", "cosine"]),
-                                         (["--n_samples", "100", "--n_compared", "200"], ["--n_compared"])])
+                                         (["--n_compared", "1"], ["--n_compared"])])
 def test_bad_sampler_settings_are_refused(run_here, tmp_path, args, words):
     assert_clean_error(run_here("mnist_reinjection.py", *args, "--out", tmp_path), *words)
