@@ -546,3 +546,4 @@ def test_fid_refuses_bad_samples(run, tmp_path, tiny_mnist):
     (tmp_path / "text.npy").write_text("not an array")
     result = run("mnist_fid.py", "--samples", tmp_path / "text.npy", "--out", tmp_path)
     assert_clean_error(result, "not a complete .npy")
+    assert_clean_error(run("mnist_fid.py", "--set_size", "50", "--out", tmp_path), "--set_size 50")
