@@ -205,6 +205,7 @@ if __name__ == "__main__":
               f"ladder, {(time.time() - clock) / 60:.1f} min")
     test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
     save_results(cfg.out, samples[f"eta = {cfg.eta:g}"], test_digits)
+    np.save(cfg.out / "samples_eta0.npy", samples["eta = 0"].numpy())  # the comparison's digits
 
     scores = mnist_fid.score(samples, cfg, compared=("eta = 0",))  # the target is eta's
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))

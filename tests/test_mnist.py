@@ -503,6 +503,18 @@ def test_reinjection_end_to_end(run, tmp_path, tiny_mnist):
     assert (tmp_path / "mnist_reinjection.png").stat().st_size > 0  # into --out: assets/ only on request
 
 
+def test_eta_0_starts_from_the_first_n_compared_of_etas_starting_noises(run, tmp_path, tiny_mnist):
+    # an eta so small that its steps are DDIM's up to rounding: each eta = 0 digit must then be the eta digit drawn
+    # from the same starting noise, the first --n_compared of them
+    result = run("mnist_reinjection.py", "--data", tiny_mnist, "--n_train", "64", "--channels", "8", "--nb_epochs", "1",
+                 "--batch_size", "32", "--sigma_max", "2", "--N", "8", "--n_samples", "20", "--n_compared", "10",
+                 "--eta", "1e-9", "--bf16", "off", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    with_eta, without = np.load(tmp_path / "samples.npy"), np.load(tmp_path / "samples_eta0.npy")
+    assert without.shape == (10, 28, 28) and np.abs(with_eta[:10] - without).max() < 1e-4
+    assert np.abs(with_eta[10:] - without).max() > 0.1  # the check tells different noises apart
+
+
 def test_guidance_end_to_end(run, tmp_path, tiny_mnist):
     out, assets = tmp_path / "out", tmp_path / "assets"
     result = run("mnist_guidance.py", "--data", tiny_mnist, *TINY_UNET, "--n_per_digit", "12", "--out", out)
