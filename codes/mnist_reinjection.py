@@ -206,6 +206,7 @@ if __name__ == "__main__":
     test_digits = (load_mnist(cfg.data, "t10k", cfg.mirror, cfg.n_samples)[0][:, 0] + 1) / 2
     save_results(cfg.out, samples[f"eta = {cfg.eta:g}"], test_digits)
     np.save(cfg.out / "samples_eta0.npy", samples["eta = 0"].numpy())  # the comparison's digits
+    print(f"wrote {cfg.out / 'samples_eta0.npy'}: the digits of eta = 0")
 
     scores = mnist_fid.score(samples, cfg, compared=("eta = 0",))  # the target is eta's
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))

@@ -510,6 +510,7 @@ def test_eta_0_starts_from_the_first_n_compared_of_etas_starting_noises(run, tmp
                  "--batch_size", "32", "--sigma_max", "2", "--N", "8", "--n_samples", "20", "--n_compared", "10",
                  "--eta", "1e-9", "--bf16", "off", "--out", tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "samples_eta0.npy: the digits of eta = 0" in result.stdout
     with_eta, without = np.load(tmp_path / "samples.npy"), np.load(tmp_path / "samples_eta0.npy")
     assert without.shape == (10, 28, 28) and np.abs(with_eta[:10] - without).max() < 1e-4
     assert np.abs(with_eta[10:] - without).max() > 0.1  # the check tells different noises apart
