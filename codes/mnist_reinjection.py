@@ -45,7 +45,7 @@ sigma_max = 20.0  # largest noise level: N(0, sigma_max^2 I) hides a digit compl
 nb_epochs = 12  # passes over the training images
 batch_size = 64  # images per optimisation step
 lr = 4e-3  # AdamW peak learning rate
-ema_decay = 0.999  # the sampling weights are this EMA of the trained ones
+ema_decay = 0.9998  # cap on the decay of the sampling weights' EMA: a memory of at most 5000 steps
 ladder = "tan"  # tan|geometric: sigma spaced like the training draws, or the tutorial's fixed alpha
 N = 270  # sampler steps, sigma_max to sigma_min; geometric: 270 gives the tutorial's alpha 0.05
 eta = 1.0  # fresh noise: 1 is DDPM's step, 0 the deterministic DDIM step, in between a mix
@@ -103,9 +103,16 @@ def reinjection_loss(model, x0, sigma_data, cfg):
     return (weight * (predict_noise(model, x0 + s * eps, sigma, sigma_data, cfg) - eps) ** 2).mean()
 
 
+def ema_decay_at(step, longest):
+    """The EMA's decay after `step`: (1 + step) / (4 + step) gives the weights of step k a share
+    ~ k^2 of the average, so that it averages the whole run so far, on average its last quarter
+    (Karras et al. 2024's power-function EMA with gamma = 2); at most `longest`."""
+    return min(longest, (1 + step) / (4 + step))
+
+
 def train(images, sigma_data, bf16, cfg):
-    """Lesson 10's loop with this lesson's loss: AdamW over shuffled epochs, 100 warm-up steps and a
-    cosine decay of the learning rate, an EMA of the weights, a checkpoint every epoch."""
+    """Lesson 10's loop with this lesson's loss and a longer EMA: AdamW over shuffled epochs, 100
+    warm-up steps and a cosine decay of the learning rate, a checkpoint every epoch."""
     model = UNet(cfg.channels, cfg.channels_mid).to(cfg.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
@@ -126,7 +133,7 @@ def train(images, sigma_data, bf16, cfg):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # a short memory at first
+            decay = ema_decay_at(step, cfg.ema_decay)
             with torch.no_grad():
                 for e, p in zip(ema.parameters(), model.parameters()):
                     e.lerp_(p, 1 - decay)  # e <- decay e + (1 - decay) p

@@ -192,6 +192,41 @@ def test_the_unet_is_as_wide_at_7x7_as_channels_mid(tmp_path):
     assert ema(torch.randn(2, 1, 28, 28), torch.tensor([0.0, 500.0])).shape == (2, 1, 28, 28)
 
 
+def test_the_ema_gives_step_k_a_share_growing_like_k_squared():
+    """Decays d_k = (1 + k) / (4 + k) leave step k's weights a share (1 - d_k) prod_{j > k} d_j of the average
+    after S steps, which telescopes to 3 (k + 2)(k + 3) / ((S + 1)(S + 2)(S + 3)): on average the weights of the
+    last quarter of the run. Past the step where it would exceed it, the decay is --ema_decay."""
+    S = 1000
+    decays = np.array([lesson.ema_decay_at(k, 0.9998) for k in range(S)])
+    shares = (1 - decays) * np.append(np.cumprod(decays[::-1])[::-1][1:], 1.0)  # (S,)
+    k = np.arange(S)
+    assert shares == pytest.approx(3 * (k + 2) * (k + 3) / ((S + 1) * (S + 2) * (S + 3)), rel=1e-9)
+    assert S - (shares * k).sum() / shares.sum() == pytest.approx(S / 4, rel=0.01)
+    assert lesson.ema_decay_at(20_000, 0.9998) == 0.9998
+
+
+def test_training_returns_the_average_of_its_weights_that_the_ema_decays_give(tmp_path, monkeypatch):
+    """The EMA that train() returns is sum_k share_k w_k + (what is left) w_init over the weights w_k after each
+    of its optimisation steps, with the shares of the decays lesson.ema_decay_at gives."""
+    torch.manual_seed(0)
+    cfg = Namespace(**vars(CFG), channels=8, channels_mid=8, nb_epochs=1, batch_size=2, lr=1.0, ema_decay=0.9998,
+                    seed=0, resume=False, out=tmp_path)
+    seen, loss = [], lesson.reinjection_loss  # the weights before each step: w_init, w_0, w_1, ...
+    flat = lambda model: torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    monkeypatch.setattr(lesson, "reinjection_loss", lambda model, *args: (seen.append(flat(model)), loss(model, *args))[1])
+    ema = lesson.train(torch.rand(12, 1, 28, 28) * 2 - 1, 0.6, False, cfg)
+    final = lesson.UNet(8, 8)
+    final.load_state_dict(torch.load(tmp_path / "model.pt")["model"])
+    weights = seen + [flat(final)]  # w_init, w_0 .. w_5
+    expected = weights[0]
+    for step, w in enumerate(weights[1:]):
+        decay = lesson.ema_decay_at(step, cfg.ema_decay)
+        expected = decay * expected + (1 - decay) * w
+    got = flat(ema)
+    assert (weights[-1] - weights[0]).abs().max() > 0.05  # the steps moved the weights
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("sigma", [0.02, 0.5, 20.0])
 def test_bfloat16_moves_eps_hat_by_a_rounding_error_and_keeps_it_float32(sigma):
     """Where the chip has it, the lesson runs the UNet under torch.autocast in bfloat16 (8 bits of mantissa, steps of
