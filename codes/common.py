@@ -33,23 +33,28 @@ def check(condition, message):
 def hyperparameters(path):
     """{name: (default, help)} for each top-level `name = literal  # help` line of the file `path`;
     UPPER_CASE names of two letters or more (MODES) are constants, not flags. A hyperparameter that
-    is not a literal or lacks its help comment stops the run, naming its file and line."""
+    is not a literal or lacks its help comment, or any other form of top-level assignment, stops the
+    run, naming its file and line."""
     source = Path(path).read_text()
     lines, found, tree = source.splitlines(), {}, ast.parse(source)
     bound = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     bound |= {alias.asname or alias.name for node in tree.body
               if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
     for node in tree.body:
-        if not (isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]):
-            continue  # only a `name = value` line can be a hyperparameter
-        name, where = node.targets[0].id, f"{Path(path).name}, line {node.lineno}"
+        where = f"{Path(path).name}, line {node.lineno}"
+        if not isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            continue  # only an assignment can be a hyperparameter
+        check(isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name],
+              f"{where}: write each hyperparameter as its own `name = value  # help` line "
+              "(no annotation, no a = b = ..., no a, b = ...), to be a flag")
+        name = node.targets[0].id
         if (name.isupper() and len(name) > 1) or name.startswith("_"):
             continue  # a constant of the lesson (MODES) or a private name
         check(name not in bound, f"{where}: the hyperparameter {name} hides the import or function "
               "of the same name; rename one of them")
         try:
             value = ast.literal_eval(node.value)
-        except ValueError:
+        except (ValueError, TypeError):  # TypeError: an unhashable key, as in {[1]: 2}
             fail(f"{where}: the hyperparameter {name} must be a plain value (a number, a string, "
                  "a tuple), not an expression, to be a flag")
         help_text = lines[node.end_lineno - 1][node.end_col_offset:].partition("#")[2].strip()
@@ -116,6 +121,8 @@ def parse_config(doc, *files, argv=None, presets=None):
     for name, value in vars(args).items():
         if name == "lr" or name.startswith("sigma_"):
             check(value > 0, f"--{name} must be positive, got {value}")
+        if name == "ema_decay":  # an EMA's decay weighs the old average against the new weights
+            check(0 <= value < 1, f"--ema_decay must lie in [0, 1), got {value}")
         if isinstance(value, list):  # a tuple-valued flag stays a tuple
             setattr(args, name, tuple(value))
     args.device = pick_device(args.device)

@@ -30,6 +30,15 @@ def test_bad_values_give_one_line(run_here, tmp_path, args, words):
     assert_clean_error(run_here("simple_1Diffusion.py", *args, "--out", tmp_path), *words)
 
 
+@pytest.mark.parametrize("script", ["mnist_UNet.py", "mnist_reinjection.py", "mnist_guidance.py"])
+@pytest.mark.parametrize("value", ["-1", "1", "1.5"])
+def test_an_ema_decay_outside_0_to_1_gives_one_line(run_here, tmp_path, script, value):
+    # no data and a mirror that refuses: a run that does not stop at the flag stops at the download
+    result = run_here(script, "--ema_decay", value, "--out", tmp_path, "--data", tmp_path / "none",
+                      "--mirror", "http://127.0.0.1:9/")
+    assert_clean_error(result, "--ema_decay must lie in [0, 1)")
+
+
 def test_unwritable_out_gives_one_line(run_here, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # a folder cannot be made inside a file, even by root
@@ -71,6 +80,10 @@ def test_help_prints_for_every_script(capsys, script):
     ("lr = 6e-3 / 2  # the learning rate", ["line 3", "lr", "plain value"]),
     ("lr = 6e-3", ["line 3", "lr", "help"]),
     ("check = 3  # a flag that would hide the imported check()", ["line 3", "check", "hides"]),
+    ("lr: float = 6e-3  # annotated", ["line 3", "own `name = value  # help` line"]),
+    ("lr = width = 6e-3  # chained", ["line 3", "own `name = value  # help` line"]),
+    ("lr, width = 6e-3, 8  # unpacked", ["line 3", "own `name = value  # help` line"]),
+    ("lr = {[1]: 2}  # an unhashable key", ["line 3", "lr", "plain value"]),
 ])
 def test_a_constant_that_cannot_be_a_flag_names_its_file_and_line(tmp_path, line, words):
     """Every top-level lowercase name of a lesson becomes a flag; one that cannot must stop the run with one line,
