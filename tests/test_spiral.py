@@ -51,6 +51,8 @@ def test_cosine_schedule_matches_nichol_and_dhariwal():
     assert betas.max().item() == pytest.approx(0.999)
     assert (~unclipped).sum() <= 1  # only the last step is clipped
     assert alpha_bar[-1].item() < 1e-6
+    # as ddpm_coefficients.py says: the clip leaves abar_T = 0.001 abar_{T-1}, tiny but not 0
+    assert 0 < alpha_bar[-1].item() == pytest.approx(0.001 * alpha_bar[-2].item(), rel=1e-3)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
