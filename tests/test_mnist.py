@@ -259,11 +259,14 @@ def test_every_loader_refuses_another_lessons_checkpoint(tmp_path, writer, loade
     assert module.CHECKPOINT["lesson"] in message and (writer in message or "older version" in message)
 
 
-@pytest.mark.parametrize("script, flag, writer", [("mnist_UNet_video.py", "--checkpoint", "mnist_reinjection.py"),
+@pytest.mark.parametrize("script, flag, writer", [("mnist_UNet.py", "--resume", "mnist_reinjection.py"),
+                                                  ("mnist_UNet_video.py", "--checkpoint", "mnist_reinjection.py"),
                                                   ("mnist_reinjection.py", "--resume", "mnist_UNet.py"),
-                                                  ("mnist_guidance.py", "--resume", "mnist_UNet.py")])
+                                                  ("mnist_guidance.py", "--resume", "mnist_UNet.py"),
+                                                  ("mnist_guidance_video.py", "--checkpoint", "mnist_UNet.py")])
 def test_the_scripts_check_the_tag(run, tmp_path, tiny_mnist, script, flag, writer):
-    """The same refusal, end to end: the scripts do call the check (a subprocess each, so only three)."""
+    """The same refusal, end to end: each script that loads a checkpoint calls the check with its own lesson's tag
+    (a subprocess each, so one writer per script)."""
     checkpoint_of(writer, tmp_path / "model.pt")
     args = ["--checkpoint", tmp_path / "model.pt", "--assets", tmp_path] if flag == "--checkpoint" else ["--resume"]
     result = run(script, "--data", tiny_mnist, *TINY_UNET[:4], *args, "--out", tmp_path)
