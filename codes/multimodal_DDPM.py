@@ -153,8 +153,8 @@ if __name__ == "__main__":
     for name, curve in curves.items():
         print(f"{name}: mode error at {steps} steps: "
               + " ".join(f"{v:.3f}{'*' if v > above else ''}" for v in curve))
-    print(f"* = above the floor (fresh data's mean + 3 std = {above:.3f}); two values closer than "
-          f"{resolution:.3f} (3 std of the difference of two draws) are not told apart")
+    print(f"* = above the floor (fresh data's mean + 3 std = {above:.3f}); a gap under "
+          f"{resolution:.3f} (3 std of the difference of two independent draws) is not resolved")
     if 20 in steps:
         gap = curves["ddpm"][steps.index(20)] - curves["ddim"][steps.index(20)]
         print(f"at 20 steps DDIM's error is lower by {gap:.3f} (target > {resolution:.3f})")
@@ -162,7 +162,7 @@ if __name__ == "__main__":
     for name, label in (("ddpm", "ancestral (Ho et al. Alg. 2)"), ("ddim", "DDIM, eta = 0")):
         ax.errorbar(steps, curves[name], yerr=resolution / 2, fmt="o-", capsize=3, label=label)
     ax.axhline(above, color="k", ls="--", label="fresh data: mean + 3 std (the floor's top)")
-    ax.set(title=f"{cfg.n_curve} samples per point\npoints whose bars overlap are not told apart",
+    ax.set(title=f"{cfg.n_curve} samples per point\nbars that overlap: a gap not resolved",
            xlabel="sampling steps", ylabel="mode error", xscale="log", yscale="log")
     ax.legend()
     save_figure(fig, cfg.out / "ddpm_vs_ddim_steps.png")
