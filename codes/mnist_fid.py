@@ -124,7 +124,10 @@ def same_class_mix(labels, shares, n, generator):
     """Indices of n digits, drawn by their true labels in the proportions `shares` (10,): real
     digits mixed like the samples. Their FLD is what perfect digits in the wrong proportions would
     score."""
-    counts = np.round(np.asarray(shares) * n).astype(int)  # (10,)
+    wanted = np.asarray(shares) * n  # (10,) digits per class, not whole numbers
+    counts = np.floor(wanted + 1e-9).astype(int)
+    left_out = n - counts.sum()  # dropped by rounding down: the largest remainders get them
+    counts[np.argsort(counts - wanted, kind="stable")[:left_out]] += 1  # (10,), summing to n
     pools = [torch.nonzero(labels == k)[:, 0] for k in range(10)]
     check(all(len(pool) for pool, count in zip(pools, counts) if count),
           "the training labels lack a digit that the samples hold: their mix cannot be drawn")

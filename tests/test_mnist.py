@@ -381,6 +381,17 @@ def test_same_class_mix_draws_the_asked_proportions():
     assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), counts)
 
 
+def test_same_class_mix_draws_n_digits_even_when_n_is_small():
+    """Shares of 1000 digits, a mix of n: always n digits, the largest remainders rounded up (with n = 5 rounding
+    each class to the nearest whole number would give 4 digits, and with n = 2 none)."""
+    labels = torch.arange(600) % 10
+    shares = np.array([160, 70, 120, 100, 120, 110, 70, 80, 90, 80]) / 1000
+    for n in (1, 2, 5, 999):
+        assert len(same_class_mix(labels, shares, n, torch.Generator().manual_seed(0))) == n
+    chosen = same_class_mix(labels, shares, 5, torch.Generator().manual_seed(0))
+    assert np.array_equal(np.bincount(labels[chosen].numpy(), minlength=10), [1, 0, 1, 1, 1, 1, 0, 0, 0, 0])
+
+
 def test_same_class_mix_skips_an_absent_digit_and_stops_clearly_when_the_samples_hold_it():
     labels = torch.arange(600) % 9  # no 9s among the real digits
     counts = np.array([100] * 9 + [0])
