@@ -29,6 +29,7 @@ samples = "outputs/mnist_UNet/samples.npy"  # the digits to score: (n, 28, 28) f
 data = "data/MNIST"  # folder of the four MNIST .gz files; missing ones are downloaded
 mirror = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # where missing MNIST files come from
 lenet_epochs = 5  # epochs of the classifier's training, done once and cached as --out/lenet.pt
+lenet_seed = 0  # the classifier's own seed, whatever --seed: every run is measured with one ruler
 batch_size = 128  # images per step of the classifier's training
 lr = 1e-3  # Adam learning rate of the classifier
 set_size = 1000  # n, the digits in one FLD; a sample k times larger scores the mean of k sets
@@ -67,17 +68,18 @@ def train_lenet(images, labels, cfg):
 
 def load_classifier(cfg):
     """The cached LeNet and its test accuracy, training it first if --out has none trained for
-    --lenet_epochs. It starts from --seed alone, not from whatever the caller drew before: at one
-    seed, one ruler for every run."""
+    --lenet_epochs from --lenet_seed. It starts from --lenet_seed alone, not from --seed nor from
+    whatever the caller drew before: one ruler for every run, as FID has one Inception network."""
     path = cfg.out / "lenet.pt"
     with torch.random.fork_rng():  # the caller's random state is left as it was
-        if not path.exists() or read_classifier(path)[1].get("epochs") != cfg.lenet_epochs:
-            torch.manual_seed(cfg.seed)  # here, past read_classifier's draws: cache stale or none
+        wanted = {"epochs": cfg.lenet_epochs, "seed": cfg.lenet_seed}
+        if not path.exists() or {k: read_classifier(path)[1].get(k) for k in wanted} != wanted:
+            torch.manual_seed(cfg.lenet_seed)  # here, past read_classifier's draws: stale or none
             (train_x, train_y), (test_x, test_y) = mnist(cfg, "train"), mnist(cfg, "t10k")
             model = train_lenet(train_x, train_y, cfg)
             with torch.no_grad():
                 accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
-            state = {"model": model.state_dict(), "accuracy": accuracy, "epochs": cfg.lenet_epochs}
+            state = {"model": model.state_dict(), "accuracy": accuracy, **wanted}
             torch.save(state, path)
             print(f"trained the LeNet for {cfg.lenet_epochs} epochs; wrote {path}")
         model, state = read_classifier(path)
@@ -210,10 +212,10 @@ def report(model, named_samples, cfg, labels=None, compared=()):
 
 def score(named_samples, cfg, labels=None, compared=()):
     """The report above, from a caller's run: this script's settings, the caller's data, --out and
-    --seed. At the same --seed, every lesson is scored by the very same LeNet."""
+    --seed. Every lesson, at every --seed, is scored by the very same LeNet."""
     settings = Namespace(data=cfg.data, mirror=cfg.mirror, out=cfg.out, seed=cfg.seed, lr=lr,
-                         lenet_epochs=lenet_epochs, batch_size=batch_size, set_size=set_size,
-                         floor_draws=floor_draws)
+                         lenet_epochs=lenet_epochs, lenet_seed=lenet_seed, batch_size=batch_size,
+                         set_size=set_size, floor_draws=floor_draws)
     model, accuracy = load_classifier(settings)
     print(f"LeNet test accuracy {accuracy:.2%}")
     return report(model, named_samples, settings, labels, compared)

@@ -438,15 +438,15 @@ def test_disjoint_sets_hold_every_class_and_leave_out_fewer_than_n():
     assert disjoint_sets(everything, 30, torch.Generator().manual_seed(0))[0] is everything  # n digits: all, as given
 
 
-def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
-    """Lesson 11 trains its LeNet after sampling: a sampler that draws more random numbers must not change the ruler
-    that scores it, nor may training the LeNet change what the caller draws next."""
+def test_the_lenet_trains_from_its_own_seed_alone(tmp_path, tiny_mnist):
+    """Lesson 11 trains its LeNet after sampling: neither a sampler that draws more random numbers nor the run's
+    --seed may change the ruler that scores it, nor may training the LeNet change what the caller draws next."""
     weights, next_draws = [], []
-    for earlier_draws in (0, 1000):
+    for earlier_draws, seed in ((0, 0), (1000, 3)):
         torch.manual_seed(5)
         torch.rand(earlier_draws)
-        cfg = Namespace(data=tiny_mnist, mirror="", out=tmp_path / str(earlier_draws), seed=0, lenet_epochs=1,
-                        batch_size=32, lr=1e-3)
+        cfg = Namespace(data=tiny_mnist, mirror="", out=tmp_path / str(earlier_draws), seed=seed, lenet_epochs=1,
+                        lenet_seed=0, batch_size=32, lr=1e-3)
         cfg.out.mkdir()
         weights.append(load_classifier(cfg)[0].state_dict())
         next_draws.append(torch.rand(3))
@@ -456,12 +456,16 @@ def test_the_lenet_trains_from_the_seed_alone(tmp_path, tiny_mnist):
 
 
 def test_a_cached_lenet_of_other_settings_is_retrained_and_a_damaged_one_named(tmp_path, tiny_mnist, capsys):
-    cfg = Namespace(data=tiny_mnist, mirror="", out=tmp_path, seed=0, lenet_epochs=1, batch_size=32, lr=1e-3)
+    cfg = Namespace(data=tiny_mnist, mirror="", out=tmp_path, seed=0, lenet_epochs=1, lenet_seed=0, batch_size=32,
+                    lr=1e-3)
     load_classifier(cfg)
     assert "trained the LeNet for 1 epochs" in capsys.readouterr().out
     load_classifier(cfg)  # the same settings: the cache serves
     assert "trained" not in capsys.readouterr().out
-    cfg.lenet_epochs = 2  # a ruler trained otherwise is not this run's ruler
+    cfg.lenet_seed = 1  # a ruler trained otherwise is not this run's ruler
+    load_classifier(cfg)
+    assert "trained the LeNet for 1 epochs" in capsys.readouterr().out
+    cfg.lenet_epochs = 2
     retrained = load_classifier(cfg)[0].state_dict()
     assert "trained the LeNet for 2 epochs" in capsys.readouterr().out
     (tmp_path / "none").mkdir()
