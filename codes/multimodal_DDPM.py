@@ -1,9 +1,8 @@
 """DDPM on four Gaussians: lesson 5's DDPM on lesson 3's data, sampled two ways, ancestral and DDIM.
 
-One network eps_theta(x_t, t), trained once (Ho et al. 2020, Algorithm 1). Ancestral sampling
-(Algorithm 2) draws each x_s from the posterior q(x_s | x_t, x0), x0 replaced by the network's
-guess: fresh noise at every step. DDIM (Song et al. 2021, eq. 12, eta = 0) steps deterministically,
-keeping the predicted noise. Both can skip steps; the run measures quality against their number.
+One network eps_theta(x_t, t) (Ho et al. 2020, Algorithm 1). Ancestral sampling (Algorithm 2)
+draws each x_s from the posterior q(x_s | x_t, x0) around the network's x0, with fresh noise; DDIM
+(Song et al. 2021, eq. 12, eta = 0) keeps the predicted noise. Both are measured against steps.
 
     python codes/multimodal_DDPM.py         # ancestral, all T steps; about 25 s on a 2-core CPU
     python codes/multimodal_DDPM.py --sampler ddim --sampling_steps 50
@@ -148,13 +147,11 @@ if __name__ == "__main__":
     floor, spread = fresh.mean().item(), fresh.std().item()
     above = floor + 3 * spread  # more than the sampling noise of n_curve points explains
     resolution = 3 * math.sqrt(2) * spread  # two draws differ by sqrt(2) std; 3 of those resolve
-    print(f"mode error (0 is perfect), {cfg.n_curve} samples per point; fresh data, {cfg.n_floor} "
-          f"draws: {floor:.3f} +- {spread:.3f}")
+    print(f"mode error (0: perfect), {cfg.n_curve} samples; fresh data {floor:.3f} +- {spread:.3f}")
     for name, curve in curves.items():
-        print(f"{name}: mode error at {steps} steps: "
-              + " ".join(f"{v:.3f}{'*' if v > above else ''}" for v in curve))
-    print(f"* = above the floor (fresh data's mean + 3 std = {above:.3f}); a gap under "
-          f"{resolution:.3f} (3 std of the difference of two independent draws) is not resolved")
+        print(f"{name}: error at {steps} steps:", *(f"{v:.3f}" + "*" * (v > above) for v in curve))
+    print(f"* = above the floor (fresh data's mean + 3 std, {cfg.n_floor} draws: {above:.3f}); a "
+          f"gap under {resolution:.3f} (3 std of two independent draws' gap) is not resolved")
     if 20 in steps:
         gap = curves["ddpm"][steps.index(20)] - curves["ddim"][steps.index(20)]
         print(f"at 20 steps DDIM's error is lower by {gap:.3f} (target > {resolution:.3f})")
@@ -163,7 +160,7 @@ if __name__ == "__main__":
         ax.errorbar(steps, curves[name], yerr=resolution / 2, fmt="o-", capsize=3, label=label)
     ax.axhline(above, color="k", ls="--", label="fresh data: mean + 3 std (the floor's top)")
     ax.set(title=f"{cfg.n_curve} samples per point\nbars that overlap: a gap not resolved",
-           xlabel="sampling steps", ylabel="mode error", xscale="log", yscale="log")
+           xlabel="sampling steps", ylabel="mode error", xscale="log", xlim=(3, 1.5 * cfg.T))
     ax.legend()
     save_figure(fig, cfg.out / "ddpm_vs_ddim_steps.png")
     copy_to_assets(cfg.out / "ddpm_vs_ddim_steps.png", cfg)
