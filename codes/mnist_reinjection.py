@@ -17,7 +17,7 @@ left (the final denoising of Jolicoeur-Martineau et al. 2021). The lesson trains
 eta and with eta = 0 on the same ladder (the same number of network evaluations), and prints the
 Frechet LeNet Distance (FLD) of each.
 
-    python codes/mnist_reinjection.py        # 29 min on a 2-core CPU; a checkpoint every epoch
+    python codes/mnist_reinjection.py        # 26 min on a 2-core CPU; a checkpoint every epoch
     python codes/mnist_reinjection.py --resume --n_samples 3000   # eta's FLD as the mean of 3 sets
 """
 import copy
