@@ -2,14 +2,13 @@
 
 Each top-level `name = value  # help` line of a lesson becomes a flag `--name`; `parse_config` adds
 `--seed`, `--device` and `--out`, checks the values, seeds the generators, picks the device and
-creates the output folder. Bad input ends the run with one line on stderr, never a traceback.
-"""
-import argparse
+creates the output folder. Bad input ends the run with one line on stderr, never a traceback."""
 import ast
 import math
 import re
 import shutil
 import sys
+from argparse import ArgumentParser, RawDescriptionHelpFormatter
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -17,12 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-CHOICES = re.compile(r"^(\w+(?:\|\w+)+):")  # a help text that starts `a|b:` lists the choices
-
 
 def fail(message):
-    """Stop the run with a one-line error (exit code 1)."""
-    sys.exit(f"error: {message}")
+    sys.exit(f"error: {message}")  # one line on stderr, exit code 1
 
 
 def check(condition, message):
@@ -32,9 +28,8 @@ def check(condition, message):
 
 def hyperparameters(path):
     """{name: (default, help)} for each top-level `name = literal  # help` line of the file `path`;
-    UPPER_CASE names of two letters or more (MODES) are constants, not flags. A hyperparameter that
-    is not a literal or lacks its help comment, or any other form of top-level assignment, stops the
-    run, naming its file and line."""
+    UPPER_CASE names of two letters or more (MODES) are constants, not flags. Any other top-level
+    assignment, or one without a literal or a help comment, stops the run, naming file and line."""
     source = Path(path).read_text()
     lines, found, tree = source.splitlines(), {}, ast.parse(source)
     bound = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
@@ -45,8 +40,7 @@ def hyperparameters(path):
         if not isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             continue  # only an assignment can be a hyperparameter
         check(isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name],
-              f"{where}: write each hyperparameter as its own `name = value  # help` line "
-              "(no annotation, no a = b = ..., no a, b = ...), to be a flag")
+              f"{where}: write it as its own `name = value  # help` line, to be a flag")
         name = node.targets[0].id
         if (name.isupper() and len(name) > 1) or name.startswith("_"):
             continue  # a constant of the lesson (MODES) or a private name
@@ -78,11 +72,6 @@ POSITIVE_INT = number(int, lambda value: value >= 1, "positive integer")
 FINITE_FLOAT = number(float, math.isfinite, "finite number")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage + error; we keep to one line
-        fail(f"{message} (see -h)")
-
-
 def pick_device(name):
     available = {"cpu": True, "cuda": torch.cuda.is_available(),
                  "mps": torch.backends.mps.is_available()}
@@ -96,7 +85,8 @@ def parse_config(doc, *files, argv=None, presets=None):
     """The command line's values of the hyperparameters of `files` (a later file overrides an
     earlier one). presets = {flag: {value: {name: default}}}: when --flag takes that value, those
     defaults replace the file's, not the flags given (how `--method tutorial` sets the blog's)."""
-    parser = Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=doc, formatter_class=RawDescriptionHelpFormatter)
+    parser.error = lambda message: fail(f"{message} (see -h)")  # not argparse's usage + error
     constants = {name: entry for path in files for name, entry in hyperparameters(path).items()}
     for name, (default, help_text) in constants.items():
         help_text = help_text.replace("%", "%%")  # argparse %-formats help: a bare % crashes -h
@@ -104,7 +94,7 @@ def parse_config(doc, *files, argv=None, presets=None):
             parser.add_argument(f"--{name}", action="store_true", default=default, help=help_text)
             continue
         kind = {int: POSITIVE_INT, float: FINITE_FLOAT, tuple: FINITE_FLOAT}.get(type(default), str)
-        listed = CHOICES.match(help_text) if kind is str else None
+        listed = re.match(r"(\w+(?:\|\w+)+):", help_text) if kind is str else None  # `a|b:` choices
         nargs = "+" if isinstance(default, tuple) else None  # a lesson checks a fixed length
         choices = listed.group(1).split("|") if listed else None
         parser.add_argument(f"--{name}", type=kind, nargs=nargs, default=default, choices=choices,
